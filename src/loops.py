@@ -1,0 +1,202 @@
+"""The two training loops: Keras `model.fit`, and a `tf.GradientTape` loop that is its twin.
+
+Both train on the same data stream, log the same per-epoch metrics and call
+`on_epoch_end(epoch, metrics)` after every epoch, so the tracker and the
+plots never need to know which loop ran.
+"""
+
+import logging
+import math
+import time
+from typing import Callable, Dict
+
+import keras
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from src.errors import NonFiniteLossError
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, Dict[str, float]], None]
+
+# Every epoch logs exactly these keys, for both loops.
+EPOCH_METRICS = (
+    "loss",
+    "val_loss",
+    "binary_crossentropy",
+    "val_binary_crossentropy",
+    "reg_loss",
+    "accuracy",
+    "val_accuracy",
+    "epoch_seconds",
+)
+
+
+def make_loss() -> keras.losses.Loss:
+    """The tutorial's loss on logits."""
+    return keras.losses.BinaryCrossentropy(from_logits=True)
+
+
+def make_metrics() -> list:
+    """Data loss and accuracy on logits, for the train and the validation pass."""
+    return [
+        keras.metrics.BinaryCrossentropy(name="binary_crossentropy", from_logits=True),
+        # The model outputs logits: p = 0.5 is logit 0. Keras's default 0.5 would be p = 0.62.
+        keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0),
+    ]
+
+
+def make_optimizer(learning_rate: float) -> keras.optimizers.Optimizer:
+    return keras.optimizers.Adam(learning_rate=learning_rate)
+
+
+def regularization_loss(model: keras.Model) -> float:
+    """`sum(model.losses)` now: the penalty the layers' regularizers ask for."""
+    return float(sum(float(loss) for loss in model.losses))
+
+
+def _finish_epoch(epoch: int, metrics: Dict[str, float], model: keras.Model, on_epoch_end: EpochCallback) -> None:
+    metrics["reg_loss"] = regularization_loss(model)
+    log.info(
+        "epoch %d: loss=%.4f val_loss=%.4f bce=%.4f val_bce=%.4f acc=%.4f val_acc=%.4f (%.2fs)",
+        epoch,
+        metrics["loss"],
+        metrics["val_loss"],
+        metrics["binary_crossentropy"],
+        metrics["val_binary_crossentropy"],
+        metrics["accuracy"],
+        metrics["val_accuracy"],
+        metrics["epoch_seconds"],
+    )
+    on_epoch_end(epoch, {key: metrics[key] for key in EPOCH_METRICS})
+    if not math.isfinite(metrics["loss"]):
+        raise NonFiniteLossError(epoch, metrics["loss"])
+
+
+class _EpochReporter(keras.callbacks.Callback):
+    """Turns `fit`'s epoch logs into the shared metric dict."""
+
+    def __init__(self, on_epoch_end: EpochCallback):
+        super().__init__()
+        self._on_epoch_end = on_epoch_end
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {key: float(value) for key, value in (logs or {}).items()}
+        metrics["epoch_seconds"] = time.perf_counter() - self._started
+        _finish_epoch(epoch, metrics, self.model, self._on_epoch_end)
+
+
+def run_fit(
+    model: keras.Model,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    learning_rate: float,
+    jit_compile: bool,
+    progress: bool,
+    on_epoch_end: EpochCallback,
+) -> None:
+    """Keras `model.fit`, which adds `sum(model.losses)` to the objective by itself."""
+    model.compile(
+        optimizer=make_optimizer(learning_rate),
+        loss=make_loss(),
+        metrics=make_metrics(),
+        jit_compile=jit_compile,
+    )
+    model.fit(
+        train_ds,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=val_ds,
+        callbacks=[_EpochReporter(on_epoch_end)],
+        verbose=1 if progress else 0,
+    )
+
+
+def run_tape(
+    model: keras.Model,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    learning_rate: float,
+    include_reg_loss: bool,
+    compile: bool,
+    jit_compile: bool,
+    progress: bool,
+    on_epoch_end: EpochCallback,
+) -> None:
+    """A `tf.GradientTape` loop doing what `fit` does, step for step.
+
+    Differences from the article's loop, each of which makes it `fit`'s twin:
+    exactly `steps_per_epoch` steps per epoch from one persistent iterator;
+    train metrics from the training-mode forward pass before the update;
+    accuracy thresholded at logit 0; and compiled with `tf.function`.
+    """
+    loss_fn = make_loss()
+    optimizer = make_optimizer(learning_rate)
+    train_loss, val_loss = keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="val_loss")
+    train_metrics, val_metrics = make_metrics(), make_metrics()
+
+    def objective(y, logits):
+        data_loss = loss_fn(y, logits)
+        if not (include_reg_loss and model.losses):
+            return data_loss
+        # The article's fix, `loss + sum(model.losses)`, summed the way Keras's
+        # compute_loss does (one reduce_sum over [data_loss, *penalties]) so the
+        # reported loss matches fit's to the last bit.
+        return tf.reduce_sum(tf.stack([data_loss, *model.losses]))
+
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            loss = objective(y, logits)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        # Like fit: metrics of the forward pass that produced the gradients.
+        train_loss.update_state(loss, sample_weight=tf.shape(x)[0])
+        for metric in train_metrics:
+            metric.update_state(y, logits)
+
+    def test_step(x, y):
+        logits = model(x, training=False)
+        val_loss.update_state(objective(y, logits), sample_weight=tf.shape(x)[0])
+        for metric in val_metrics:
+            metric.update_state(y, logits)
+
+    # Fresh functions per call: a tf.function that has created variables for one
+    # model/optimizer must not be reused with another (sequential multiruns).
+    if compile:
+        train_step = tf.function(train_step, jit_compile=jit_compile, reduce_retracing=True)
+        test_step = tf.function(test_step, jit_compile=jit_compile, reduce_retracing=True)
+
+    iterator = iter(train_ds)  # one iterator for the whole run, as fit keeps with steps_per_epoch
+    bar = tqdm(total=epochs, unit="epoch", disable=not progress, desc=model.name)
+    try:
+        for epoch in range(epochs):
+            started = time.perf_counter()
+            for metric in (train_loss, val_loss, *train_metrics, *val_metrics):
+                metric.reset_state()
+            for _ in range(steps_per_epoch):
+                x, y = next(iterator)
+                train_step(x, y)
+            for x, y in val_ds:
+                test_step(x, y)
+            metrics = {train_loss.name: train_loss.result(), val_loss.name: val_loss.result()}
+            metrics.update({m.name: m.result() for m in train_metrics})
+            metrics.update({f"val_{m.name}": m.result() for m in val_metrics})
+            metrics = {key: float(value) for key, value in metrics.items()}
+            metrics["epoch_seconds"] = time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", val_loss=f"{metrics['val_loss']:.4f}")
+            _finish_epoch(epoch, metrics, model, on_epoch_end)
+    finally:
+        bar.close()

@@ -1,0 +1,366 @@
+"""Everything MLflow: the store, one run per job, a parent run per sweep, run states."""
+
+import atexit
+import hashlib
+import json
+import logging
+import re
+import subprocess
+import sys
+import time
+import traceback
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from src.config import PROJECT_ROOT
+from src.errors import NonFiniteLossError, TrackingError
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_FILE = "mlflow_parent_run.json"
+JOB_RESULT_FILE = "job_result.json"
+CONFIG_ARTIFACT = "config.yaml"
+OVERRIDES_ARTIFACT = "overrides.yaml"
+PARENT_TAG = "mlflow.parentRunId"
+# Keys that do not change what a run computes: left out of the config digest.
+NON_SEMANTIC_KEYS = ("mlflow", "quiet", "resume")
+
+
+def redact_uri(uri: str) -> str:
+    """Hide the password of a `scheme://user:password@host` URI."""
+    return re.sub(r"(//[^/:@]+):[^/@]*@", r"\1:***@", uri)
+
+
+def _client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def ensure_store(tracking_uri: str) -> None:
+    """Create or migrate the store (or reach the server) once, before any job starts."""
+    from mlflow.exceptions import MlflowException
+
+    if tracking_uri.startswith(("http://", "https://")):
+        health = tracking_uri.rstrip("/") + "/health"
+        try:
+            urllib.request.urlopen(health, timeout=5).close()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"mlflow.tracking_uri: no MLflow server at {redact_uri(tracking_uri)} ({reason}); "
+                "start one with `make server` or fix the URI"
+            ) from None
+        return
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///") :])
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"mlflow.tracking_uri: cannot create {db.parent}: {exc.strerror}") from None
+        if db.exists() and not _writable(db) or not _writable(db.parent):
+            raise TrackingError(f"mlflow.tracking_uri: {db} is not writable")
+    try:
+        _client(tracking_uri).search_experiments(max_results=1)
+    except MlflowException as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"mlflow.tracking_uri={redact_uri(tracking_uri)}: {first_line}") from None
+    except Exception as exc:  # SQLAlchemy and friends raise their own types for bad URIs
+        raise TrackingError(f"mlflow.tracking_uri={redact_uri(tracking_uri)}: {type(exc).__name__}: {exc}") from None
+
+
+def _writable(path: Path) -> bool:
+    import os
+
+    return os.access(path, os.W_OK)
+
+
+def experiment_id(tracking_uri: str, name: str, artifact_location: Optional[str]) -> str:
+    """The experiment's ID, creating it (with its artifact location) on first use."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    remote = tracking_uri.startswith(("http://", "https://"))
+    location = None if remote or artifact_location is None else Path(artifact_location).as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # another process created it between our lookup and our create
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """A digest of everything that changes what a run computes (for resume)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    semantic = {key: value for key, value in resolved.items() if key not in NON_SEMANTIC_KEYS}
+    return hashlib.sha256(json.dumps(semantic, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def flat_params(cfg: DictConfig) -> Dict[str, str]:
+    """The resolved config as `section.key` params, without the tracking settings."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    params: Dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}{key}.", value)
+        else:
+            params[prefix[:-1]] = str(node)
+
+    walk("", {key: value for key, value in resolved.items() if key != "mlflow"})
+    return params
+
+
+def git_state() -> Dict[str, str]:
+    """The project's git commit and whether the work tree had uncommitted changes."""
+    def git(*args: str) -> Optional[str]:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "mlflow.source.git.commit": commit or "unknown",
+        "git_dirty": "unknown" if dirty is None else str(bool(dirty)).lower(),
+    }
+
+
+def software_versions() -> Dict[str, str]:
+    import keras
+    import mlflow
+    import numpy
+    import tensorflow as tf
+
+    return {
+        "tensorflow_version": tf.__version__,
+        "keras_version": keras.__version__,
+        "mlflow_version": mlflow.__version__,
+        "numpy_version": numpy.__version__,
+        "python_version": sys.version.split()[0],
+    }
+
+
+@dataclass
+class TrackedRun:
+    """An MLflow run being written: per-epoch metrics go through `log_epoch`."""
+
+    tracking_uri: str
+    run_id: str
+    experiment_id: str
+    run_name: str
+    history: Dict[str, List[float]] = field(default_factory=dict)
+
+    def log_epoch(self, epoch: int, metrics: Dict[str, float]) -> None:
+        """All of one epoch's metrics in a single call, step = epoch index."""
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        batch = [Metric(key, float(value), timestamp, epoch) for key, value in metrics.items()]
+        _client(self.tracking_uri).log_batch(self.run_id, metrics=batch)
+        for key, value in metrics.items():
+            self.history.setdefault(key, []).append(float(value))
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        _client(self.tracking_uri).log_figure(self.run_id, figure, artifact_file)
+
+    def ui_hint(self) -> str:
+        return (
+            f"MLflow run {self.run_id} ({self.run_name}); open it with `make ui`, then "
+            f"http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        )
+
+
+@contextmanager
+def tracked_run(
+    cfg: DictConfig,
+    *,
+    run_name: str,
+    parent_run_id: Optional[str],
+    overrides: Optional[List[str]],
+    datasets: Dict[str, Any],
+    extra_tags: Optional[Dict[str, str]] = None,
+) -> Iterator[TrackedRun]:
+    """One MLflow run around a job; it always ends FINISHED, FAILED or KILLED, never RUNNING."""
+    from mlflow.entities import Param, RunStatus
+
+    uri = cfg.mlflow.tracking_uri
+    client = _client(uri)
+    exp_id = experiment_id(uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location)
+    tags = {
+        "config_digest": config_digest(cfg),
+        "loop": cfg.loop.name,
+        "reg": cfg.reg.name,
+        "model": cfg.model.name,
+        **git_state(),
+        **software_versions(),
+        **(extra_tags or {}),
+    }
+    if parent_run_id:
+        tags[PARENT_TAG] = parent_run_id
+    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    tracked = TrackedRun(uri, run.info.run_id, exp_id, run_name)
+    status = RunStatus.to_string(RunStatus.FAILED)
+    try:
+        params = [Param(key, value) for key, value in flat_params(cfg).items()]
+        client.log_batch(tracked.run_id, params=params)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved["mlflow"]["tracking_uri"] = redact_uri(resolved["mlflow"]["tracking_uri"])
+        client.log_text(tracked.run_id, OmegaConf.to_yaml(OmegaConf.create(resolved)), CONFIG_ARTIFACT)
+        if overrides is not None:
+            client.log_text(tracked.run_id, OmegaConf.to_yaml(OmegaConf.create(list(overrides))), OVERRIDES_ARTIFACT)
+        _log_datasets(client, tracked.run_id, datasets)
+        yield tracked
+        status = RunStatus.to_string(RunStatus.FINISHED)
+    except KeyboardInterrupt:
+        status = RunStatus.to_string(RunStatus.KILLED)
+        client.set_tag(tracked.run_id, "error", "interrupted (SIGINT/SIGTERM)")
+        raise
+    except NonFiniteLossError as exc:
+        client.set_tag(tracked.run_id, "nan_at_epoch", str(exc.epoch))
+        client.set_tag(tracked.run_id, "error", str(exc))
+        raise
+    except BaseException as exc:
+        client.set_tag(tracked.run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+        client.log_text(tracked.run_id, traceback.format_exc(), "error.txt")
+        raise
+    finally:
+        client.set_terminated(tracked.run_id, status)
+
+
+def _log_datasets(client, run_id: str, datasets: Dict[str, Any]) -> None:
+    """Each dataset (context -> mlflow.data dataset) with its digest, as a run input."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = [
+        DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+        for context, dataset in datasets.items()
+    ]
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def finished_run_with_digest(cfg: DictConfig, digest: str) -> Optional[str]:
+    """The ID of a FINISHED run of the experiment with this config digest, if any (resume)."""
+    client = _client(cfg.mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.config_digest = '{digest}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+# --- sweeps -----------------------------------------------------------------
+
+
+def write_job_result(output_dir: Path, result: Dict[str, Any]) -> None:
+    """Leave the job's outcome beside its log, for the sweep summary."""
+    (output_dir / JOB_RESULT_FILE).write_text(json.dumps(result))
+
+
+def read_parent_run_id(sweep_dir: Path) -> Optional[str]:
+    path = sweep_dir / PARENT_RUN_FILE
+    return json.loads(path.read_text())["run_id"] if path.exists() else None
+
+
+class HydraMlflowCallback(Callback):
+    """Prepares the store before jobs start; gives a multirun one parent run."""
+
+    def __init__(self) -> None:
+        self._sweep: Optional[_SweepParent] = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        ensure_store(config.mlflow.tracking_uri)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        ensure_store(config.mlflow.tracking_uri)
+        self._sweep = _SweepParent.start(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._sweep is not None:
+            self._sweep.finish()
+
+
+@dataclass
+class _SweepParent:
+    """The parent run of a multirun; ended at the end, or at exit if a job failed."""
+
+    tracking_uri: str
+    run_id: str
+    sweep_dir: Path
+    finished: bool = False
+
+    @classmethod
+    def start(cls, config: DictConfig) -> "_SweepParent":
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+        sweep_dir = Path(hydra_cfg.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        uri = config.mlflow.tracking_uri
+        exp_id = experiment_id(uri, config.mlflow.experiment_name, config.mlflow.artifact_location)
+        overrides = list(hydra_cfg.overrides.task)
+        run = _client(uri).create_run(
+            exp_id,
+            run_name=f"sweep {' '.join(overrides)}"[:250] or "sweep",
+            tags={"sweep": "true", "sweep_overrides": " ".join(overrides)[:5000], "sweep_dir": str(sweep_dir), **git_state()},
+        )
+        (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": redact_uri(uri)}))
+        parent = cls(uri, run.info.run_id, sweep_dir)
+        atexit.register(parent.finish)  # on_multirun_end is skipped when a job fails
+        print(f"sweep parent run {run.info.run_id}", file=sys.stderr)
+        return parent
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        from mlflow.entities import RunStatus
+
+        results = [json.loads(p.read_text()) for p in sorted(self.sweep_dir.glob(f"*/{JOB_RESULT_FILE}"))]
+        statuses = [r["status"] for r in results]
+        if "KILLED" in statuses or any(r["status"] == "RUNNING" for r in results):
+            status = RunStatus.KILLED
+        elif all(s in ("FINISHED", "SKIPPED") for s in statuses):
+            status = RunStatus.FINISHED
+        else:
+            status = RunStatus.FAILED
+        client = _client(self.tracking_uri)
+        client.set_terminated(self.run_id, RunStatus.to_string(status))
+        print(_summary(results, self.run_id, RunStatus.to_string(status)), file=sys.stderr)
+
+
+def _summary(results: List[Dict[str, Any]], parent_run_id: str, status: str) -> str:
+    """A short table of the sweep's jobs: name, status, run ID, error."""
+    counts: Dict[str, int] = {}
+    for r in results:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    head = f"sweep {parent_run_id} {status}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    lines = [head]
+    for r in results:
+        line = f"  job {r['job']:>3}  {r['status']:<8}  {r.get('run_name') or '-':<32}  {r.get('run_id') or '-'}"
+        if r.get("error"):
+            line += f"  {r['error']}"
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""`python -m src.train`: train one config (or a sweep with `-m`) and track it in MLflow."""
+
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from src.config import run_name, validate
+from src.data import load_higgs
+from src.errors import UserError
+from src.tracking import (
+    config_digest,
+    ensure_store,
+    finished_run_with_digest,
+    read_parent_run_id,
+    write_job_result,
+)
+
+log = logging.getLogger(__name__)
+
+
+def train(
+    cfg: DictConfig,
+    *,
+    parent_run_id: Optional[str] = None,
+    overrides: Optional[List[str]] = None,
+    extra_tags: Optional[Dict[str, str]] = None,
+) -> Dict[str, Any]:
+    """Train one config into one MLflow run; returns its run ID, status and metric history."""
+    validate(cfg)
+    cfg = _with_absolute_data_path(cfg)
+    ensure_store(cfg.mlflow.tracking_uri)
+    name = run_name(cfg)
+    if cfg.resume:
+        done = finished_run_with_digest(cfg, config_digest(cfg))
+        if done:
+            log.info("resume: %s already FINISHED as run %s; skipped", name, done)
+            return {"status": "SKIPPED", "run_id": done, "run_name": name, "history": {}}
+    splits = load_higgs(cfg.data)
+
+    # TensorFlow is imported only now, so bad input fails in well under a second.
+    import mlflow.data
+
+    from src import loops, runtime
+    from src.data import make_datasets
+    from src.models import build_model
+    from src.tracking import tracked_run
+
+    runtime.configure_threads(cfg.train.threads)
+    runtime.configure_determinism(cfg.train.deterministic)
+    runtime.seed_everything(cfg.seed)
+    train_ds, val_ds = make_datasets(splits, cfg.train.batch_size, cfg.data.shuffle_buffer, cfg.seed)
+    model = build_model(cfg.model, cfg.reg, cfg.data.n_features)
+    datasets = {
+        "training": mlflow.data.from_numpy(splits.x_train, targets=splits.y_train, source=splits.source, name="higgs-train"),
+        "validation": mlflow.data.from_numpy(splits.x_val, targets=splits.y_val, source=splits.source, name="higgs-val"),
+    }
+    common = dict(
+        epochs=cfg.train.epochs,
+        steps_per_epoch=cfg.data.n_train // cfg.train.batch_size,
+        learning_rate=cfg.train.learning_rate,
+        jit_compile=cfg.train.jit_compile,
+        progress=not cfg.quiet,
+    )
+    with tracked_run(
+        cfg, run_name=name, parent_run_id=parent_run_id, overrides=overrides, datasets=datasets, extra_tags=extra_tags
+    ) as run:
+        log.info("run %s: %s", run.run_id, name)
+        if cfg.loop.name == "fit":
+            loops.run_fit(model, train_ds, val_ds, on_epoch_end=run.log_epoch, **common)
+        else:
+            loops.run_tape(
+                model,
+                train_ds,
+                val_ds,
+                include_reg_loss=cfg.loop.include_reg_loss,
+                compile=cfg.loop.compile,
+                on_epoch_end=run.log_epoch,
+                **common,
+            )
+    log.info("%s FINISHED", run.ui_hint())
+    return {"status": "FINISHED", "run_id": run.run_id, "run_name": name, "history": run.history}
+
+
+def _with_absolute_data_path(cfg: DictConfig) -> DictConfig:
+    """A copy whose `data.path` is absolute, so the logged config reruns from any directory."""
+    cfg = cfg.copy()
+    if cfg.data.path is not None:
+        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    return cfg
+
+
+def _job_threads(cfg: DictConfig, hydra_cfg) -> int:
+    """`train.threads`, or with 0 under a parallel launcher, this job's share of the cores."""
+    n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=None)
+    if cfg.train.threads or hydra_cfg.mode != RunMode.MULTIRUN or not n_jobs:
+        return cfg.train.threads
+    cores = len(os.sched_getaffinity(0))
+    n_jobs = cores if n_jobs < 0 else n_jobs
+    return max(1, cores // n_jobs)
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: one job of a run or a sweep."""
+    # SIGTERM ends the run like Ctrl-C: KILLED in MLflow, never left RUNNING.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    parent_run_id = read_parent_run_id(Path(hydra_cfg.sweep.dir)) if multirun else None
+    cfg.train.threads = _job_threads(cfg, hydra_cfg)
+    result: Dict[str, Any] = {"job": hydra_cfg.job.num if multirun else 0, "status": "RUNNING", "overrides": overrides}
+    write_job_result(output_dir, result)
+    try:
+        outcome = train(cfg, parent_run_id=parent_run_id, overrides=overrides)
+        result.update(status=outcome["status"], run_id=outcome["run_id"], run_name=outcome["run_name"])
+    except KeyboardInterrupt:
+        result.update(status="KILLED", error="interrupted")
+        raise
+    except Exception as exc:
+        result.update(status="FAILED", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if not isinstance(exc, UserError):
+            log.exception("job failed")
+        raise
+    finally:
+        write_job_result(output_dir, result)
+
+
+if __name__ == "__main__":
+    main()
