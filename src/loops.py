@@ -17,6 +17,9 @@ from tqdm.auto import tqdm
 from src.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
+# Epoch summaries go to the job log file only (conf/config.yaml routes this
+# logger); the console already shows them in the progress bars.
+epoch_log = logging.getLogger("src.epochs")
 
 EpochCallback = Callable[[int, Dict[str, float]], None]
 
@@ -58,7 +61,7 @@ def regularization_loss(model: keras.Model) -> float:
 
 def _finish_epoch(epoch: int, metrics: Dict[str, float], model: keras.Model, on_epoch_end: EpochCallback) -> None:
     metrics["reg_loss"] = regularization_loss(model)
-    log.info(
+    epoch_log.info(
         "epoch %d: loss=%.4f val_loss=%.4f bce=%.4f val_bce=%.4f acc=%.4f val_acc=%.4f (%.2fs)",
         epoch,
         metrics["loss"],
@@ -117,6 +120,7 @@ def run_fit(
         validation_data=val_ds,
         callbacks=[_EpochReporter(on_epoch_end)],
         verbose=1 if progress else 0,
+        shuffle=False,  # train_ds is already shuffled with the configured seed
     )
 
 

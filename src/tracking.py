@@ -184,7 +184,7 @@ class TrackedRun:
 
     def ui_hint(self) -> str:
         return (
-            f"MLflow run {self.run_id} ({self.run_name}); open it with `make ui`, then "
+            f"MLflow run ID {self.run_id}: open it with `make ui`, then "
             f"http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{self.run_id}"
         )
 
@@ -244,6 +244,19 @@ def tracked_run(
         raise
     finally:
         client.set_terminated(tracked.run_id, status)
+
+
+def dataset_source(location: str):
+    """The MLflow dataset source of a URL or a local path, picked without guessing."""
+    from mlflow.data.dataset_source_registry import get_registered_sources
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    if location.startswith(("http://", "https://")):
+        return HTTPDatasetSource(location)
+    # MLflow registers the local source class twice and warns when it has to
+    # guess between them; take the first by name.
+    local = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
+    return local(location)
 
 
 def _log_datasets(client, run_id: str, datasets: Dict[str, Any]) -> None:
@@ -313,9 +326,7 @@ class _SweepParent:
 
     @classmethod
     def start(cls, config: DictConfig) -> "_SweepParent":
-        from hydra.core.hydra_config import HydraConfig
-
-        hydra_cfg = HydraConfig.get()
+        hydra_cfg = config.hydra  # HydraConfig is not set yet when multirun starts
         sweep_dir = Path(hydra_cfg.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         uri = config.mlflow.tracking_uri

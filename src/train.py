@@ -50,16 +50,17 @@ def train(
     from src import loops, runtime
     from src.data import make_datasets
     from src.models import build_model
-    from src.tracking import tracked_run
+    from src.tracking import dataset_source, tracked_run
 
     runtime.configure_threads(cfg.train.threads)
     runtime.configure_determinism(cfg.train.deterministic)
     runtime.seed_everything(cfg.seed)
     train_ds, val_ds = make_datasets(splits, cfg.train.batch_size, cfg.data.shuffle_buffer, cfg.seed)
     model = build_model(cfg.model, cfg.reg, cfg.data.n_features)
+    source = dataset_source(splits.source)
     datasets = {
-        "training": mlflow.data.from_numpy(splits.x_train, targets=splits.y_train, source=splits.source, name="higgs-train"),
-        "validation": mlflow.data.from_numpy(splits.x_val, targets=splits.y_val, source=splits.source, name="higgs-val"),
+        "training": mlflow.data.from_numpy(splits.x_train, targets=splits.y_train, source=source, name="higgs-train"),
+        "validation": mlflow.data.from_numpy(splits.x_val, targets=splits.y_val, source=source, name="higgs-val"),
     }
     common = dict(
         epochs=cfg.train.epochs,
@@ -84,7 +85,7 @@ def train(
                 on_epoch_end=run.log_epoch,
                 **common,
             )
-    log.info("%s FINISHED", run.ui_hint())
+    log.info("%s FINISHED. %s", name, run.ui_hint())
     return {"status": "FINISHED", "run_id": run.run_id, "run_name": name, "history": run.history}
 
 

@@ -1,0 +1,69 @@
+"""Shared fixtures: the real HIGGS sample (or a synthetic file in its layout) and a private MLflow store."""
+
+import gzip
+import os
+from pathlib import Path
+from typing import Callable, List
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from src.config import CONFIG_DIR, PROJECT_ROOT
+
+SAMPLE = Path(os.environ.get("HIGGS_SAMPLE", PROJECT_ROOT.parent / "shared" / "data" / "higgs_sample.csv.gz"))
+
+
+def write_uci_file(path: Path, n_rows: int, seed: int = 0) -> Path:
+    """A gzip CSV in the UCI HIGGS layout (label first, 28 features, no header)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_rows, 28)).astype(np.float32)
+    y = (x[:, :3].sum(axis=1) + rng.normal(scale=1.0, size=n_rows) > 0).astype(np.float32)
+    with gzip.open(path, "wt") as f:
+        for label, row in zip(y, x):
+            f.write(",".join(f"{v:.18e}" for v in (label, *row)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def higgs_file(tmp_path_factory) -> Path:
+    """The real 10,984-row sample when present (always in CI), else a synthetic stand-in."""
+    if SAMPLE.exists():
+        return SAMPLE
+    return write_uci_file(tmp_path_factory.mktemp("data") / "higgs_synthetic.csv.gz", 10_984)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+
+
+@pytest.fixture
+def store_overrides(tmp_path, tracking_uri) -> List[str]:
+    """Overrides that send runs, artifacts and caches to this test's temporary folder."""
+    return [
+        f"mlflow.tracking_uri={tracking_uri}",
+        f"mlflow.artifact_location={tmp_path}/mlruns/artifacts",
+        f"data.cache_dir={tmp_path}/cache",
+    ]
+
+
+@pytest.fixture
+def make_cfg(higgs_file, store_overrides) -> Callable[..., DictConfig]:
+    """Compose the real config with a small, quiet slice of the data plus any overrides."""
+
+    def make(*overrides: str) -> DictConfig:
+        base = [
+            f"data.path={higgs_file}",
+            "data.n_validation=500",
+            "data.n_train=2000",
+            "train.epochs=2",
+            "model=tiny",
+            "quiet=true",
+            *store_overrides,
+        ]
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("config", overrides=[*base, *overrides])
+
+    return make
