@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import http.client
 import io
 import logging
 import math
@@ -12,7 +13,7 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Iterable, Optional
 
 import numpy as np
 from omegaconf import DictConfig
@@ -36,35 +37,63 @@ class HiggsSplits:
 
 
 def parse_rows(lines: Iterable[str], n_rows: int, n_features: int, name: str) -> np.ndarray:
-    """Parse up to `n_rows` UCI-layout lines into a (rows, 1 + n_features) float32 array."""
+    """Parse up to `n_rows` UCI-layout lines into a (rows, 1 + n_features) float32 array.
+
+    Stops reading at row `n_rows`. Blank lines (e.g. a trailing empty line) are
+    skipped, as `np.loadtxt` does; any other malformed line is a `DataError`
+    naming `name` and the line number.
+    """
     n_fields = 1 + n_features
-    rows = np.empty((n_rows, n_fields), dtype=np.float32)
+    # grown on demand, so a huge `n_rows` does not allocate before the file runs out
+    rows = np.empty((min(n_rows, 1 << 16), n_fields), dtype=np.float32)
     count = 0
     line_no = 0
     try:
         for line_no, line in enumerate(lines, start=1):
             if count == n_rows:
                 break
+            if not line.strip(" \t\r\n"):
+                continue
             fields = line.rstrip("\r\n").split(",")
             if len(fields) != n_fields:
-                raise DataError(f"{name} line {line_no}: expected {n_fields} comma-separated values, got {len(fields)}")
+                raise DataError(
+                    f"{name} line {line_no}: expected {n_fields} comma-separated values "
+                    f"(label + data.n_features={n_features}), got {len(fields)}"
+                )
             try:
                 values = [float(f) for f in fields]
             except ValueError:
-                bad = next(f for f in fields if not _is_float(f))
-                hint = " (the UCI layout has no header line)" if line_no == 1 else ""
-                raise DataError(f"{name} line {line_no}: non-numeric value {bad.strip()!r}{hint}") from None
+                column = next(i for i, f in enumerate(fields) if not _is_float(f))
+                hint = " (the UCI layout has no header line)" if count == 0 else ""
+                raise DataError(
+                    f"{name} line {line_no}: non-numeric value {fields[column].strip()!r} "
+                    f"in column {column + 1}{hint}"
+                ) from None
             if not all(math.isfinite(v) for v in values):
-                raise DataError(f"{name} line {line_no}: NaN or infinite value")
+                column = next(i for i, v in enumerate(values) if not math.isfinite(v))
+                what = "label" if column == 0 else f"feature {column}"
+                raise DataError(
+                    f"{name} line {line_no}: non-finite value {fields[column].strip()!r} in column {column + 1} ({what})"
+                )
             if values[0] not in (0.0, 1.0):
                 raise DataError(f"{name} line {line_no}: label must be 0 or 1, got {fields[0].strip()!r}")
+            if count == len(rows):
+                rows = np.resize(rows, (min(n_rows, 2 * len(rows)), n_fields))
             rows[count] = values
             count += 1
-    except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError) as exc:
-        raise DataError(f"{name}: corrupt or truncated after line {line_no}: {exc}") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DataError(f"{name}: corrupt or truncated gzip data {_after(line_no)}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{name}: not a CSV or gzip-compressed CSV (non-text byte {exc.object[exc.start]:#04x} {_after(line_no)})"
+        ) from None
     if count == 0:
         raise DataError(f"{name}: no data rows (empty file?)")
     return rows[:count]
+
+
+def _after(line_no: int) -> str:
+    return f"after line {line_no}" if line_no else "before the first line"
 
 
 def _is_float(text: str) -> bool:
@@ -77,9 +106,10 @@ def _is_float(text: str) -> bool:
 
 def _text_lines(raw: IO[bytes]) -> IO[str]:
     """Lines of a plain or gzip-compressed byte stream, decided by its magic bytes."""
-    buffered = io.BufferedReader(raw) if not isinstance(raw, io.BufferedReader) else raw
+    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)
     stream: IO[bytes] = gzip.GzipFile(fileobj=buffered) if buffered.peek(2)[:2] == GZIP_MAGIC else buffered
-    return io.TextIOWrapper(stream, encoding="ascii", newline="")
+    # utf-8-sig: a byte-order mark (spreadsheet exports) is dropped; newline="": \n, \r\n and \r all end a line
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
 
 
 def read_local(path: Path, n_rows: int, n_features: int) -> np.ndarray:
@@ -93,43 +123,75 @@ def read_local(path: Path, n_rows: int, n_features: int) -> np.ndarray:
         raise DataError(f"data.path: {path}: is a directory, not a file") from None
     except PermissionError:
         raise DataError(f"data.path: {path}: permission denied") from None
+    except OSError as exc:  # e.g. a parent that is a file, an I/O error
+        raise DataError(f"data.path: {path}: {exc.strerror or exc}") from None
 
 
 def stream_url(url: str, n_rows: int, n_features: int, timeout: float) -> np.ndarray:
     """Stream a (gzipped) CSV over HTTP and stop after `n_rows` rows, never the whole file."""
     try:
         response = urllib.request.urlopen(url, timeout=timeout)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        if isinstance(exc, urllib.error.HTTPError):
+            exc.close()  # an HTTP error response holds the connection open until closed
+        reason = getattr(exc, "reason", None) or exc
         raise DataError(
             f"data.url: cannot download {url} ({reason}); set data.path to a local copy of HIGGS.csv.gz"
         ) from None
+    # closing the response closes the connection, so the server stops sending the rest
     with response:
         try:
             return parse_rows(_text_lines(response), n_rows, n_features, url)
-        except OSError as exc:
-            raise DataError(f"data.url: download of {url} failed: {exc}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise DataError(
+                f"data.url: download of {url} failed ({exc or type(exc).__name__}); "
+                "set data.path to a local copy of HIGGS.csv.gz"
+            ) from None
 
 
 def _cache_file(cache_dir: Path, url: str) -> Path:
     return cache_dir / f"higgs-{hashlib.sha256(url.encode()).hexdigest()[:16]}.npy"
 
 
+def _read_cache(cached: Path, n_rows: int, n_features: int) -> Optional[np.ndarray]:
+    """The first `n_rows` cached rows, or None when the cache is missing, too short or unreadable."""
+    try:
+        rows = np.load(cached)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError) as exc:
+        log.warning("ignoring unreadable cache %s: %s", cached, exc)
+        return None
+    if rows.ndim != 2 or rows.shape[0] < n_rows or rows.shape[1] != 1 + n_features or rows.dtype != np.float32:
+        return None
+    return rows[:n_rows]
+
+
+def _write_cache(cached: Path, rows: np.ndarray) -> None:
+    """Save parsed rows (write, then rename: never a half-written cache); a failure only costs a re-download."""
+    tmp_name = None
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cached.parent, suffix=".npy.tmp", delete=False) as tmp:
+            tmp_name = tmp.name
+            np.save(tmp, rows)
+        os.replace(tmp_name, cached)
+    except OSError as exc:
+        log.warning("cannot cache the downloaded rows in %s (data.cache_dir): %s", cached.parent, exc)
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
+
+
 def download_rows(url: str, n_rows: int, n_features: int, cache_dir: Path, timeout: float) -> np.ndarray:
     """Rows of `url`, from the local cache when it holds enough of them."""
     cached = _cache_file(cache_dir, url)
-    if cached.exists():
-        rows = np.load(cached)
-        if rows.shape[0] >= n_rows and rows.shape[1] == 1 + n_features:
-            log.info("using %d cached rows of %s from %s", n_rows, url, cached)
-            return rows[:n_rows]
+    rows = _read_cache(cached, n_rows, n_features)
+    if rows is not None:
+        log.info("using %d cached rows of %s from %s", n_rows, url, cached)
+        return rows
     log.info("downloading the first %d rows of %s", n_rows, url)
     rows = stream_url(url, n_rows, n_features, timeout)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # write then rename, so an interrupted run never leaves a half-written cache
-    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".npy", delete=False) as tmp:
-        np.save(tmp, rows)
-    os.replace(tmp.name, cached)
+    _write_cache(cached, rows)
     return rows
 
 
@@ -142,11 +204,15 @@ def load_higgs(data: DictConfig) -> HiggsSplits:
         rows = read_local(path, n_rows, data.n_features)
     else:
         source = data.url
-        rows = download_rows(source, n_rows, data.n_features, Path(data.cache_dir), data.timeout_seconds)
+        rows = download_rows(source, n_rows, data.n_features, Path(data.cache_dir).expanduser(), data.timeout_seconds)
     if len(rows) < n_rows:
+        have = len(rows)
+        if have > data.n_validation:
+            fix = f"set data.n_train to at most {have - data.n_validation}"
+        else:
+            fix = f"lower data.n_validation={data.n_validation} so that data.n_validation + data.n_train <= {have}"
         raise DataError(
-            f"{source} has {len(rows)} rows, fewer than data.n_validation + data.n_train = {n_rows}; "
-            f"set data.n_train to at most {max(len(rows) - data.n_validation, 0)}"
+            f"{source} has {have} rows, fewer than data.n_validation + data.n_train = {n_rows}; {fix}"
         )
     val, train = rows[: data.n_validation], rows[data.n_validation :]
     return HiggsSplits(

@@ -1,0 +1,44 @@
+# Every target runs inside the project's virtual environment (.venv), made by `make install`.
+PY      ?= .venv/bin/python
+PORT    ?= 5000
+STORE   ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
+ARGS    ?=
+RUN     ?=
+
+.PHONY: install train sweep ui server test test-slow reproduce compare bench clean
+
+install:  ## create .venv and install the project with its test tools
+	python3 -m venv .venv
+	.venv/bin/pip install --upgrade pip
+	.venv/bin/pip install -e '.[test]'
+
+train:  ## one run with the defaults (large model, reg=none, loop=fit); add overrides with ARGS="..."
+	$(PY) -m src.train $(ARGS)
+
+sweep:  ## the article's comparison: every combination of reg={none,l2} x loop={fit,tape}
+	$(PY) -m src.train -m reg=none,l2 loop=fit,tape $(ARGS)
+
+ui:  ## MLflow's UI on http://127.0.0.1:$(PORT) over the project's store
+	$(PY) -m mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT)
+
+server:  ## an MLflow tracking server on 127.0.0.1:$(PORT) over the project's store
+	$(PY) -m mlflow server --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT) \
+		--artifacts-destination $(CURDIR)/mlruns/artifacts
+
+test:  ## the default test suite (a few minutes on 2 cores)
+	$(PY) -m pytest -m "not slow"
+
+test-slow:  ## the long tests: 5-epoch large-model parity, parallel sweeps
+	$(PY) -m pytest -m slow
+
+reproduce:  ## rerun a logged run exactly: make reproduce RUN=<run id>
+	$(PY) -m src.reproduce $(RUN) $(ARGS)
+
+compare:  ## figures and table for the latest sweep (or ARGS="<parent run id>")
+	$(PY) -m src.compare $(ARGS)
+
+bench:  ## speed of both loops against the machine's matmul rate
+	$(PY) -m src.bench $(ARGS)
+
+clean:  ## remove Hydra's output folders (keeps the MLflow store)
+	rm -rf outputs multirun

@@ -1,0 +1,136 @@
+"""The article's figures from per-epoch metric histories: per-run curves, seed bands, overlays."""
+
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers, CI or inside a training job
+
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+History = Mapping[str, Sequence[float]]
+
+# (train metric, validation metric, y label) of each per-run panel, keyed by file name.
+CURVES = {
+    "loss": ("loss", "val_loss", "loss (data + regularization)"),
+    "accuracy": ("accuracy", "val_accuracy", "accuracy"),
+}
+OVERLAY_METRIC = "val_binary_crossentropy"
+
+
+def run_figures(history: Mapping[str, Sequence[float]], title: str) -> Dict[str, Figure]:
+    """One run's loss vs val_loss and accuracy vs val_accuracy per epoch, keyed by artifact path."""
+    return {f"curves/{name}.png": fig for name, fig in curve_figures([history], title).items()}
+
+
+def curve_figures(histories: Sequence[History], title: str) -> Dict[str, Figure]:
+    """Train vs validation curves of one run, or mean ± std bands of several (seeds), keyed by panel."""
+    figures = {}
+    for name, (train_key, val_key, ylabel) in CURVES.items():
+        fig, ax = _axes(title, ylabel)
+        drawn = []
+        for key, style, color in ((train_key, "-", "C0"), (val_key, "--", "C1")):
+            series = _series(histories, key)
+            if series is not None:
+                drawn.append(_draw(ax, series, label=key, color=color, linestyle=style))
+        _finish(ax, drawn)
+        figures[name] = fig
+    return figures
+
+
+def overlay_figure(
+    groups: Mapping[str, Sequence[History]],
+    title: str,
+    metric: str = OVERLAY_METRIC,
+    train_metric: Optional[str] = "binary_crossentropy",
+) -> Figure:
+    """The tutorial's plot: every run's (or seed group's) validation curve, train dashed in the same colour."""
+    fig, ax = _axes(title, metric.replace("val_", "") + " (solid: validation, dashed: train)")
+    drawn = []
+    for i, (label, histories) in enumerate(groups.items()):
+        color = f"C{i % 10}"
+        series = _series(histories, metric)
+        if series is None:
+            continue
+        drawn.append(_draw(ax, series, label=label, color=color, linestyle="-"))
+        train = _series(histories, train_metric) if train_metric else None
+        if train is not None:
+            # no label: the legend names groups; the style says train vs validation
+            drawn.append(_draw(ax, train, label=None, color=color, linestyle="--", alpha=0.6))
+    _finish(ax, drawn)
+    return fig
+
+
+def save(figures: Mapping[str, Figure], out_dir) -> List[str]:
+    """Write figures as PNG files under `out_dir` (keys are relative paths); returns the paths."""
+    from pathlib import Path
+
+    written = []
+    for rel, fig in figures.items():
+        path = Path(out_dir) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(str(path))
+    return written
+
+
+def close(figures: Mapping[str, Figure]) -> None:
+    """Free figures' memory (pyplot keeps every open figure alive)."""
+    for fig in figures.values():
+        plt.close(fig)
+
+
+def _series(histories: Sequence[History], key: str) -> Optional[np.ndarray]:
+    """A (runs, epochs) array of one metric, cut to the shortest run; None if no run has it."""
+    rows = [np.asarray(h[key], dtype=float) for h in histories if len(h.get(key, ())) > 0]
+    if not rows:
+        return None
+    epochs = min(len(r) for r in rows)
+    return np.stack([r[:epochs] for r in rows])
+
+
+def _draw(ax, series: np.ndarray, *, label, color, linestyle, alpha: float = 1.0) -> np.ndarray:
+    """A plain line for one run, a mean line with a ± std band for several; returns the drawn values."""
+    epochs = np.arange(series.shape[1])
+    marker = "o" if series.shape[1] == 1 else None  # a one-epoch line is otherwise invisible
+    if series.shape[0] == 1:
+        ax.plot(epochs, series[0], label=label, color=color, linestyle=linestyle, alpha=alpha, marker=marker)
+        return series[0]
+    mean, std = series.mean(axis=0), series.std(axis=0, ddof=1)
+    if label is not None:
+        label = f"{label} (mean ± std, n={series.shape[0]})"
+    ax.plot(epochs, mean, label=label, color=color, linestyle=linestyle, alpha=alpha, marker=marker)
+    ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2 * alpha, linewidth=0)
+    return np.concatenate([mean - std, mean + std])
+
+
+def _axes(title: str, ylabel: str) -> Tuple[Figure, "plt.Axes"]:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.4)
+    return fig, ax
+
+
+def _finish(ax, drawn: List[np.ndarray]) -> None:
+    """Integer epochs on x; y zoomed on the curves, past the first epoch's spike like the article's ylim."""
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    values = [v[np.isfinite(v)] for v in drawn]
+    values = [v for v in values if v.size]
+    if values:
+        ax.set_ylim(*_limits(values))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+
+
+def _limits(values: List[np.ndarray]) -> Tuple[float, float]:
+    """Min to max of all curves, with a margin; the top ignores the worst 2% (early-epoch spikes)."""
+    flat = np.concatenate(values)
+    low = float(flat.min())
+    high = float(np.quantile(flat, 0.98)) if flat.size > 10 else float(flat.max())
+    margin = (high - low) * 0.05 or abs(high) * 0.05 or 0.05
+    return low - margin, high + margin
