@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -230,20 +231,38 @@ def tracked_run(
         _log_datasets(client, tracked.run_id, datasets)
         yield tracked
         status = RunStatus.to_string(RunStatus.FINISHED)
-    except KeyboardInterrupt:
-        status = RunStatus.to_string(RunStatus.KILLED)
-        client.set_tag(tracked.run_id, "error", "interrupted (SIGINT/SIGTERM)")
-        raise
-    except NonFiniteLossError as exc:
-        client.set_tag(tracked.run_id, "nan_at_epoch", str(exc.epoch))
-        client.set_tag(tracked.run_id, "error", str(exc))
-        raise
     except BaseException as exc:
-        client.set_tag(tracked.run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
-        client.log_text(tracked.run_id, traceback.format_exc(), "error.txt")
+        exc.mlflow_run_id = tracked.run_id  # lets the sweep summary name the failed run
+        if isinstance(exc, KeyboardInterrupt):
+            status = RunStatus.to_string(RunStatus.KILLED)
+        with signals_blocked():
+            _record_failure(client, tracked.run_id, exc)
         raise
     finally:
-        client.set_terminated(tracked.run_id, status)
+        with signals_blocked():  # a second Ctrl-C must not leave the run RUNNING
+            client.set_terminated(tracked.run_id, status)
+
+
+@contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block is done (they are delivered afterwards)."""
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _record_failure(client, run_id: str, exc: BaseException) -> None:
+    """Tag why a run stopped; keep the traceback of unexpected errors as an artifact."""
+    if isinstance(exc, KeyboardInterrupt):
+        client.set_tag(run_id, "error", "interrupted (SIGINT/SIGTERM)")
+        return
+    client.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+    if isinstance(exc, NonFiniteLossError):
+        client.set_tag(run_id, "nan_at_epoch", str(exc.epoch))
+    client.log_text(run_id, "".join(traceback.format_exception(exc)), "error.txt")
 
 
 def dataset_source(location: str):
@@ -332,9 +351,10 @@ class _SweepParent:
         uri = config.mlflow.tracking_uri
         exp_id = experiment_id(uri, config.mlflow.experiment_name, config.mlflow.artifact_location)
         overrides = list(hydra_cfg.overrides.task)
+        shown = [o for o in overrides if not o.lstrip("+~").startswith(("mlflow.", "hydra"))]
         run = _client(uri).create_run(
             exp_id,
-            run_name=f"sweep {' '.join(overrides)}"[:250] or "sweep",
+            run_name=f"sweep {' '.join(shown)}"[:250],
             tags={"sweep": "true", "sweep_overrides": " ".join(overrides)[:5000], "sweep_dir": str(sweep_dir), **git_state()},
         )
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": redact_uri(uri)}))
@@ -357,8 +377,8 @@ class _SweepParent:
             status = RunStatus.FINISHED
         else:
             status = RunStatus.FAILED
-        client = _client(self.tracking_uri)
-        client.set_terminated(self.run_id, RunStatus.to_string(status))
+        with signals_blocked():
+            _client(self.tracking_uri).set_terminated(self.run_id, RunStatus.to_string(status))
         print(_summary(results, self.run_id, RunStatus.to_string(status)), file=sys.stderr)
 
 

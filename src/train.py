@@ -3,6 +3,7 @@
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -118,16 +119,22 @@ def main(cfg: DictConfig) -> None:
     overrides = list(hydra_cfg.overrides.task)
     parent_run_id = read_parent_run_id(Path(hydra_cfg.sweep.dir)) if multirun else None
     cfg.train.threads = _job_threads(cfg, hydra_cfg)
-    result: Dict[str, Any] = {"job": hydra_cfg.job.num if multirun else 0, "status": "RUNNING", "overrides": overrides}
+    result: Dict[str, Any] = {
+        "job": hydra_cfg.job.num if multirun else 0,
+        "status": "RUNNING",
+        "run_name": run_name(cfg),
+        "overrides": overrides,
+    }
     write_job_result(output_dir, result)
     try:
         outcome = train(cfg, parent_run_id=parent_run_id, overrides=overrides)
         result.update(status=outcome["status"], run_id=outcome["run_id"], run_name=outcome["run_name"])
-    except KeyboardInterrupt:
-        result.update(status="KILLED", error="interrupted")
+    except KeyboardInterrupt as exc:
+        result.update(status="KILLED", error="interrupted", run_id=getattr(exc, "mlflow_run_id", None))
         raise
     except Exception as exc:
-        result.update(status="FAILED", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        result.update(status="FAILED", error=first_line, run_id=getattr(exc, "mlflow_run_id", None))
         if not isinstance(exc, UserError):
             log.exception("job failed")
         raise
@@ -136,4 +143,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # The run (and the sweep's parent run) are already marked KILLED.
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,141 @@
+"""Reproduce by run ID: the logged config re-runs bit for bit, and a changed config is caught."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+
+from src.reproduce import Difference, compare_histories, main, typed_config
+from src.train import train
+
+
+def _reproduce(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m src.reproduce ...` from an unrelated working directory."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir(exist_ok=True)
+    return subprocess.run(
+        [sys.executable, "-m", "src.reproduce", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def _new_run(client, original_id):
+    [run] = client.search_runs(
+        [client.get_run(original_id).info.experiment_id], filter_string=f"tags.reproduced_from = '{original_id}'"
+    )
+    return run
+
+
+def test_reproduction_is_bit_identical(make_cfg, tracking_uri, tmp_path):
+    original = train(make_cfg("reg=l2_dropout"))
+    proc = _reproduce(tmp_path, original["run_id"], "--tracking-uri", tracking_uri, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "identical" in proc.stdout
+    client = MlflowClient(tracking_uri)
+    new = _new_run(client, original["run_id"])
+    assert new.info.run_id != original["run_id"] and new.info.status == "FINISHED"
+    assert new.data.tags["reproduction_verdict"] == "identical"
+    assert new.data.tags["reproduction_first_difference"] == "none"
+    # the reproduction computed from the same config: same digest, same params (quiet aside)
+    assert new.data.tags["config_digest"] == client.get_run(original["run_id"]).data.tags["config_digest"]
+    report = client.download_artifacts(new.info.run_id, "reproduction.txt", str(tmp_path))
+    assert "identical" in open(report).read()
+    for key, values in original["history"].items():
+        if key != "epoch_seconds":
+            assert [m.value for m in client.get_metric_history(new.info.run_id, key)] == values, key
+
+
+def test_changed_logged_config_names_first_differing_metric(make_cfg, tracking_uri, tmp_path, capsys):
+    original = train(make_cfg())
+    client = MlflowClient(tracking_uri)
+    path = client.download_artifacts(original["run_id"], "config.yaml", str(tmp_path))
+    logged = yaml.safe_load(open(path))
+    logged["train"]["learning_rate"] = 0.01
+    client.log_text(original["run_id"], yaml.safe_dump(logged), "config.yaml")  # overwrites the artifact
+
+    # In-process (the subprocess path is covered above): saves a TensorFlow start-up per call.
+    assert main([original["run_id"], "--tracking-uri", tracking_uri, "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    # the learning rate acts from the first step: the epoch-0 training loss is the first value to differ
+    assert "differs" in out and "first difference: loss at epoch 0" in out
+    assert "config digest differs" in err  # the edited artifact no longer matches the run's tag
+    new = _new_run(client, original["run_id"])
+    assert new.data.tags["reproduction_verdict"] == "differs"
+    assert new.data.tags["reproduction_first_difference"].startswith("loss at epoch 0")
+    assert new.data.params["train.learning_rate"] == "0.01"
+
+    # A tolerance as large as the difference accepts it.
+    client.delete_run(new.info.run_id)
+    assert main([original["run_id"], "--tracking-uri", tracking_uri, "--quiet", "--tolerance", "10"]) == 0
+    assert "within_tolerance" in capsys.readouterr().out
+
+
+def test_refuses_unknown_foreign_and_configless_runs(tracking_uri, tmp_path, capsys):
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("other-project")
+    foreign = client.create_run(experiment, tags={"sweep": "false"}).info.run_id
+    configless = client.create_run(experiment, tags={"config_digest": "0" * 16}).info.run_id
+    sweep = client.create_run(experiment, tags={"sweep": "true"}).info.run_id
+    for run_id in (foreign, configless, sweep):
+        client.set_terminated(run_id)
+    cases = {
+        "0123456789abcdef0123456789abcdef": "no such run",
+        foreign: "not a run of this project",
+        configless: "no config.yaml artifact",
+        sweep: "is a sweep parent",
+    }
+    for run_id, reason in cases.items():
+        assert main([run_id, "--tracking-uri", tracking_uri]) == 2
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and run_id in lines[0] and reason in lines[0], err
+    assert main(["--sweep", foreign, "--tracking-uri", tracking_uri]) == 2
+    assert "not a sweep parent" in capsys.readouterr().err
+    # nothing was started, so nothing is left RUNNING
+    assert all(r.info.status != "RUNNING" for r in client.search_runs([experiment]))
+
+
+def test_unknown_run_from_the_command_line(tracking_uri, tmp_path):
+    MlflowClient(tracking_uri).search_experiments()  # creates the store
+    proc = _reproduce(tmp_path, "0123456789abcdef0123456789abcdef", "--tracking-uri", tracking_uri)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: run 0123456789abcdef0123456789abcdef: no such run in {tracking_uri}"
+    ]
+
+
+def test_missing_store_is_an_error(tmp_path, capsys):
+    assert main(["abc", "--tracking-uri", f"sqlite:///{tmp_path}/none/mlflow.db"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --tracking-uri: no MLflow store at {tmp_path}/none/mlflow.db"
+    assert not (tmp_path / "none").exists()
+
+
+def test_compare_histories_finds_first_difference_and_tolerates():
+    original = {"loss": {0: 1.0, 1: 0.5}, "val_loss": {0: 1.1, 1: 0.6}, "epoch_seconds": {0: 1.0, 1: 2.0}}
+    assert compare_histories(original, {**original, "epoch_seconds": {0: 3.0, 1: 4.0}}).status == "identical"
+    changed = {**original, "val_loss": {0: 1.1, 1: 0.6 + 1e-7}, "loss": {0: 1.0, 1: 0.5 + 1e-3}}
+    verdict = compare_histories(original, changed, order=("val_loss", "loss"))
+    assert verdict.status == "differs"
+    assert verdict.first == Difference("val_loss", 1, 0.6, 0.6 + 1e-7)  # earliest step, then `order`
+    assert verdict.max_abs_diff == pytest.approx(1e-3)
+    assert compare_histories(original, changed, tolerance=1e-3 + 1e-12).status == "within_tolerance"
+    truncated = {"loss": {0: 1.0}, "val_loss": {0: 1.1}}
+    verdict = compare_histories(original, truncated, tolerance=1.0)
+    assert verdict.status == "differs" and verdict.first.reproduced is None and math.isinf(verdict.max_abs_diff)
+    nan = {"loss": {0: float("nan")}}
+    assert compare_histories(nan, {"loss": {0: float("nan")}}).status == "identical"
+
+
+def test_typed_config_rejects_what_hydra_would(make_cfg):
+    logged = OmegaConf.to_container(make_cfg("loop=tape"), resolve=True)
+    cfg = typed_config(OmegaConf.create(logged))
+    assert cfg.loop.include_reg_loss is True and cfg.train.learning_rate == 0.001
+    bad_type = OmegaConf.create({**logged, "train": {**logged["train"], "epochs": "two"}})
+    with pytest.raises(Exception, match="epochs"):
+        typed_config(bad_type)
+    extra_loop_key = OmegaConf.create({**logged, "loop": {"name": "fit", "include_reg_loss": True}})
+    with pytest.raises(Exception, match="include_reg_loss"):
+        typed_config(extra_loop_key)
