@@ -81,6 +81,7 @@ def test_refuses_unknown_foreign_and_configless_runs(tracking_uri, tmp_path, cap
     sweep = client.create_run(experiment, tags={"sweep": "true"}).info.run_id
     for run_id in (foreign, configless, sweep):
         client.set_terminated(run_id)
+    capsys.readouterr()  # MLflow's store set-up chatter
     cases = {
         "0123456789abcdef0123456789abcdef": "no such run",
         foreign: "not a run of this project",
