@@ -1,5 +1,6 @@
 """The article's figures from per-epoch metric histories: per-run curves, seed bands, overlays."""
 
+import textwrap
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
@@ -93,23 +94,23 @@ def _series(histories: Sequence[History], key: str) -> Optional[np.ndarray]:
 
 
 def _draw(ax, series: np.ndarray, *, label, color, linestyle, alpha: float = 1.0) -> np.ndarray:
-    """A plain line for one run, a mean line with a ± std band for several; returns the drawn values."""
+    """A plain line for one run, a mean line with a ± std band for several; returns the drawn (rows, epochs)."""
     epochs = np.arange(series.shape[1])
     marker = "o" if series.shape[1] == 1 else None  # a one-epoch line is otherwise invisible
     if series.shape[0] == 1:
         ax.plot(epochs, series[0], label=label, color=color, linestyle=linestyle, alpha=alpha, marker=marker)
-        return series[0]
+        return series
     mean, std = series.mean(axis=0), series.std(axis=0, ddof=1)
     if label is not None:
         label = f"{label} (mean ± std, n={series.shape[0]})"
     ax.plot(epochs, mean, label=label, color=color, linestyle=linestyle, alpha=alpha, marker=marker)
     ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2 * alpha, linewidth=0)
-    return np.concatenate([mean - std, mean + std])
+    return np.stack([mean - std, mean + std])
 
 
 def _axes(title: str, ylabel: str) -> Tuple[Figure, "plt.Axes"]:
     fig, ax = plt.subplots(figsize=(8, 5))
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, 80)) or title)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.4)
@@ -117,20 +118,26 @@ def _axes(title: str, ylabel: str) -> Tuple[Figure, "plt.Axes"]:
 
 
 def _finish(ax, drawn: List[np.ndarray]) -> None:
-    """Integer epochs on x; y zoomed on the curves, past the first epoch's spike like the article's ylim."""
+    """Integer epochs on x; y zoomed on the curves, past the first epochs' spike like the article's ylim."""
     ax.xaxis.get_major_locator().set_params(integer=True)
-    values = [v[np.isfinite(v)] for v in drawn]
-    values = [v for v in values if v.size]
-    if values:
-        ax.set_ylim(*_limits(values))
+    if drawn:
+        limits = _limits(drawn)
+        if limits is not None:
+            ax.set_ylim(*limits)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
 
 
-def _limits(values: List[np.ndarray]) -> Tuple[float, float]:
-    """Min to max of all curves, with a margin; the top ignores the worst 2% (early-epoch spikes)."""
-    flat = np.concatenate(values)
-    low = float(flat.min())
-    high = float(np.quantile(flat, 0.98)) if flat.size > 10 else float(flat.max())
+def _limits(drawn: List[np.ndarray]) -> Optional[Tuple[float, float]]:
+    """Min to max of all curves with a margin; from 10 epochs on, the top skips the first tenth (start-up spike)."""
+    epochs = max(d.shape[1] for d in drawn)
+    skip = epochs // 10 if epochs >= 10 else 0
+    every = np.concatenate([d.ravel() for d in drawn])
+    later = np.concatenate([d[:, skip:].ravel() for d in drawn])
+    every, later = every[np.isfinite(every)], later[np.isfinite(later)]
+    if not every.size:
+        return None
+    low = float(every.min())
+    high = float(later.max()) if later.size else float(every.max())
     margin = (high - low) * 0.05 or abs(high) * 0.05 or 0.05
     return low - margin, high + margin
