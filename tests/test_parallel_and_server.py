@@ -1,0 +1,97 @@
+"""Parallel sweeps (Hydra's joblib launcher) against one SQLite store, and a real MLflow tracking server."""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.helpers import run_cli, split_runs
+
+EPOCH_KEYS = ("loss", "val_loss", "accuracy", "val_accuracy", "reg_loss")
+
+
+def _sweep_args(higgs_file, tmp_path, store):
+    return [
+        f"data.path={higgs_file}", "data.n_validation=500", "data.n_train=1000", "model=tiny",
+        "quiet=true", f"hydra.sweep.dir={tmp_path}/sweep", *store,
+    ]
+
+
+def _assert_complete(tracking_uri, n_children, epochs):
+    parents, children = split_runs(tracking_uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == n_children
+    client = MlflowClient(tracking_uri)
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        for key in EPOCH_KEYS:
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(epochs))
+    return children
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(higgs_file, tmp_path, store_overrides, tracking_uri):
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "loop=fit,tape", "train.epochs=3"]
+    proc = run_cli([*args, *_sweep_args(higgs_file, tmp_path, store_overrides)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    children = _assert_complete(tracking_uri, 2, 3)
+    # Each of the 2 parallel jobs gets its share of the cores, not all of them.
+    cores = len(__import__("os").sched_getaffinity(0))
+    assert {r.data.params["train.threads"] for r in children} == {str(max(1, cores // 2))}
+
+
+@pytest.mark.slow
+def test_eight_parallel_jobs_finish_with_complete_histories(higgs_file, tmp_path, store_overrides, tracking_uri):
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=8", "seed=0,1,2,3", "loop=fit,tape", "train.epochs=5"]
+    proc = run_cli([*args, *_sweep_args(higgs_file, tmp_path, store_overrides)], tmp_path, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_complete(tracking_uri, 8, 5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 over a SQLite store, stopped after the test."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()[-2000:]
+                assert time.monotonic() < deadline, "mlflow server did not come up"
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_sweep_against_a_real_tracking_server(higgs_file, tmp_path, mlflow_server):
+    store = [f"mlflow.tracking_uri={mlflow_server}", f"data.cache_dir={tmp_path}/cache"]
+    proc = run_cli(["-m", "reg=none,l2", "train.epochs=2", *_sweep_args(higgs_file, tmp_path, store)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    children = _assert_complete(mlflow_server, 2, 2)
+    client = MlflowClient(mlflow_server)
+    assert "config.yaml" in {a.path for a in client.list_artifacts(children[0].info.run_id)}
