@@ -8,6 +8,7 @@ import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -126,18 +127,18 @@ def test_reading_stops_before_a_later_bad_line(tmp_path, sample_lines):
 
 
 BAD_FILES = [
-        ("empty-file", r"rows\.csv\.gz: no data rows \(empty file\?\)"),
-        ("empty-gzip", r"rows\.csv\.gz: no data rows \(empty file\?\)"),
-        ("truncated-gzip", r"rows\.csv\.gz: corrupt or truncated gzip data after line \d+: Compressed file ended"),
-        ("corrupt-gzip", r"rows\.csv\.gz: corrupt or truncated gzip data before the first line"),
-        ("binary", r"rows\.csv\.gz: not a CSV or gzip-compressed CSV"),
-        ("header", r"rows\.csv\.gz line 1: non-numeric value 'label' in column 1 \(the UCI layout has no header line\)"),
-        ("28-fields", r"rows\.csv\.gz line 3: expected 29 comma-separated values \(label \+ data\.n_features=28\), got 28"),
-        ("30-fields", r"rows\.csv\.gz line 3: expected 29 comma-separated values .*got 30"),
-        ("non-numeric", r"rows\.csv\.gz line 3: non-numeric value 'abc' in column 5$"),
-        ("nan", r"rows\.csv\.gz line 3: non-finite value 'nan' in column 2 \(feature 1\)"),
-        ("inf", r"rows\.csv\.gz line 3: non-finite value '-inf' in column 29 \(feature 28\)"),
-        ("label-2", r"rows\.csv\.gz line 3: label must be 0 or 1, got '2'"),
+    ("empty-file", r"rows\.csv\.gz: no data rows \(empty file\?\)"),
+    ("empty-gzip", r"rows\.csv\.gz: no data rows \(empty file\?\)"),
+    ("truncated-gzip", r"rows\.csv\.gz: corrupt or truncated gzip data after line \d+: Compressed file ended"),
+    ("corrupt-gzip", r"rows\.csv\.gz: corrupt or truncated gzip data before the first line"),
+    ("binary", r"rows\.csv\.gz: not a CSV or gzip-compressed CSV"),
+    ("header", r"rows\.csv\.gz line 1: non-numeric value 'label' in column 1 \(the UCI layout has no header line\)"),
+    ("28-fields", r"rows\.csv\.gz line 3: expected 29 comma-separated values \(label \+ data\.n_features=28\), got 28"),
+    ("30-fields", r"rows\.csv\.gz line 3: expected 29 comma-separated values .*got 30"),
+    ("non-numeric", r"rows\.csv\.gz line 3: non-numeric value 'abc' in column 5$"),
+    ("nan", r"rows\.csv\.gz line 3: non-finite value 'nan' in column 2 \(feature 1\)"),
+    ("inf", r"rows\.csv\.gz line 3: non-finite value '-inf' in column 29 \(feature 28\)"),
+    ("label-2", r"rows\.csv\.gz line 3: label must be 0 or 1, got '2'"),
 ]
 
 
@@ -234,8 +235,9 @@ class _FileServer:
 
     CHUNK = 16 * 1024
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, cut_after: Optional[int] = None):
         self.path = path
+        self.cut_after = cut_after  # close the connection after this many bytes of the body
         self.requests = 0
         self.bytes_sent = 0
         self.finished = threading.Event()  # set when the handler stopped sending (done or cut off)
@@ -245,6 +247,9 @@ class _FileServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 server.requests += 1
+                if self.path != "/HIGGS.csv.gz":
+                    self.send_error(404)
+                    return
                 # a small send buffer, so "sent" is close to what the client read, not what the kernel queued
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, server.CHUNK)
                 size = server.path.stat().st_size
@@ -257,6 +262,8 @@ class _FileServer:
                         while chunk := f.read(server.CHUNK):
                             self.wfile.write(chunk)
                             server.bytes_sent += len(chunk)
+                            if server.cut_after is not None and server.bytes_sent >= server.cut_after:
+                                break
                 except OSError as exc:  # the client closed the connection: what we want
                     server.send_error = exc
                 finally:
@@ -352,3 +359,34 @@ def test_unreadable_cache_is_a_cache_miss(tmp_path):
     assert server.requests == 2
     np.testing.assert_array_equal(splits.x_train, block[10:100, 1:])
     assert np.load(cached).shape == (100, 1 + N_FEATURES)
+
+
+def test_download_not_found_is_one_line_naming_data_path(tmp_path):
+    big = tmp_path / "HIGGS.csv.gz"
+    write_big_uci_gzip(big, n_rows=2000)
+    server = _FileServer(big)
+    url = server.url.replace("HIGGS.csv.gz", "missing.csv.gz")
+    try:
+        with pytest.raises(DataError) as err:
+            load_higgs(data_cfg(url=url, cache_dir=tmp_path / "cache"))
+    finally:
+        server.close()
+    assert str(err.value) == f"data.url: cannot download {url} (Not Found); set data.path to a local copy of HIGGS.csv.gz"
+    assert not (tmp_path / "cache").exists()
+
+
+def test_download_cut_short_is_one_line_and_not_cached(tmp_path):
+    """The server drops the connection mid-file: a clear error, and no partial cache."""
+    big = tmp_path / "HIGGS.csv.gz"
+    write_big_uci_gzip(big, n_rows=2000)
+    server = _FileServer(big, cut_after=64 * 1024)
+    cache_dir = tmp_path / "cache"
+    try:
+        with pytest.raises(DataError) as err:
+            load_higgs(data_cfg(n_validation=100, n_train=1500, url=server.url, cache_dir=cache_dir))
+    finally:
+        server.close()
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{server.url}: corrupt or truncated gzip data after line "), message
+    assert not cache_dir.exists() or not list(cache_dir.iterdir())
