@@ -118,3 +118,20 @@ def test_bad_input_is_one_line_error(tracking_uri, tmp_path, capsys):
     assert main(["0123456789abcdef0123456789abcdef", "--tracking-uri", tracking_uri]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run 0123456789abcdef0123456789abcdef: no such run" in err[0]
+
+
+def test_run_figures_log_as_artifacts(tracking_uri):
+    from src import plots
+
+    history = {"loss": [0.8, 0.7, 0.65], "val_loss": [0.82, 0.75, 0.74], "accuracy": [0.5, 0.6, 0.62], "val_accuracy": [0.5, 0.58, 0.6]}
+    figures = plots.run_figures(history, "fit-none-tiny")
+    assert set(figures) == {"curves/loss.png", "curves/accuracy.png"}
+    client = MlflowClient(tracking_uri)
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    for path, figure in figures.items():  # what src/train.py does at the end of a run
+        client.log_figure(run_id, figure, path)
+    plots.close(figures)
+    client.set_terminated(run_id)
+    assert {a.path for a in client.list_artifacts(run_id, "curves")} == set(figures)
+    # a one-epoch history still draws (a marker, not an invisible line)
+    plots.close(plots.run_figures({k: v[:1] for k, v in history.items()}, "one epoch"))

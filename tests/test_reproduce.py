@@ -140,3 +140,26 @@ def test_typed_config_rejects_what_hydra_would(make_cfg):
     extra_loop_key = OmegaConf.create({**logged, "loop": {"name": "fit", "include_reg_loss": True}})
     with pytest.raises(Exception, match="include_reg_loss"):
         typed_config(extra_loop_key)
+
+
+def test_reproduce_sweep_puts_every_child_under_a_new_parent(make_cfg, tracking_uri, capsys):
+    client = MlflowClient(tracking_uri)
+    client.search_experiments()  # creates the store
+    experiment = client.create_experiment("overfit-and-underfit")
+    parent = client.create_run(experiment, run_name="sweep reg=none,l2", tags={"sweep": "true"}).info.run_id
+    children = [train(make_cfg(f"reg={reg}", "train.epochs=1"), parent_run_id=parent)["run_id"] for reg in ("none", "l2")]
+    client.set_terminated(parent)
+    capsys.readouterr()
+
+    assert main(["--sweep", parent, "--tracking-uri", tracking_uri]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": identical:") == 2
+    [new_parent] = client.search_runs([experiment], filter_string=f"tags.reproduced_from = '{parent}'")
+    assert new_parent.info.status == "FINISHED" and new_parent.data.tags["sweep"] == "true"
+    assert new_parent.data.tags["reproduction_verdict"] == "identical"
+    new_children = client.search_runs(
+        [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{new_parent.info.run_id}'",
+        order_by=["attributes.start_time ASC"],
+    )  # fmt: skip
+    assert [c.data.tags["reproduced_from"] for c in new_children] == children
+    assert all(c.data.tags["reproduction_verdict"] == "identical" for c in new_children)
