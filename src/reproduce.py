@@ -9,7 +9,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -94,8 +94,12 @@ def sweep_children(client, parent) -> list:
 # --- the logged config --------------------------------------------------------
 
 
-def logged_config(client, run) -> DictConfig:
-    """The run's `config.yaml` artifact, type-checked against the schema; refuses foreign runs."""
+def logged_config(client, run) -> Tuple[DictConfig, Dict[str, Any]]:
+    """The run's `config.yaml` artifact, type-checked against the schema, and the keys it lacked.
+
+    Keys the schema gained after the run (absent from its artifact) take today's
+    defaults for the run's options, and are returned so the caller can warn.
+    """
     run_id = run.info.run_id
     tags = run.data.tags
     if tags.get("sweep") == "true":
@@ -109,14 +113,19 @@ def logged_config(client, run) -> DictConfig:
         except Exception:  # MLflow raises its own or OSError, depending on the artifact store
             raise ReproduceError(f"run {run_id}: no {CONFIG_ARTIFACT} artifact, so its config is unknown") from None
     try:
-        return typed_config(OmegaConf.create(text))
+        cfg = typed_config(OmegaConf.create(text), strict=False)
+        filled = fill_missing(cfg)
     except (OmegaConfBaseException, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ReproduceError(f"run {run_id}: {CONFIG_ARTIFACT} does not fit this project's config schema: {first}") from None
+    return cfg, filled
 
 
-def typed_config(loaded: DictConfig) -> DictConfig:
-    """`loaded` merged over the structured schema, so types and key names are checked as Hydra would."""
+def typed_config(loaded: DictConfig, strict: bool = True) -> DictConfig:
+    """`loaded` merged over the structured schema, so types and key names are checked as Hydra would.
+
+    With `strict`, a key the schema has but `loaded` lacks is an error; else it stays missing (???).
+    """
     if not isinstance(loaded, DictConfig):
         raise ValueError("not a YAML mapping")
     loop = loaded.get("loop")
@@ -127,9 +136,43 @@ def typed_config(loaded: DictConfig) -> DictConfig:
     # `loop` is typed Any in Config (its schema depends on the option); check it by its own schema.
     cfg.loop = OmegaConf.merge(OmegaConf.structured(LOOP_SCHEMAS[name]), loop)
     missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
+    if strict and missing:
         raise ValueError(f"missing values: {', '.join(missing)}")
     return cfg
+
+
+def fill_missing(cfg: DictConfig) -> Dict[str, Any]:
+    """Give keys still missing today's default for the run's group options; returns key -> value used."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if not missing:
+        return {}
+    try:
+        defaults = _today_defaults(cfg)
+    except Exception as exc:  # Hydra's composition errors share no base class with ValueError
+        raise ValueError(f"missing values {', '.join(missing)}, and today's config does not compose: {exc}") from None
+    filled = {}
+    for key in missing:
+        value = OmegaConf.select(defaults, key, default=None)
+        if value is None:
+            raise ValueError(f"missing value {key}, and today's config has no default for it")
+        OmegaConf.update(cfg, key, value, merge=False)
+        filled[key] = value
+    return filled
+
+
+def _today_defaults(cfg: DictConfig) -> DictConfig:
+    """Today's composed config with the run's group options (option files are named after their `name`)."""
+    from hydra import compose, initialize_config_dir
+
+    groups = ("model", "reg", "loop", "data")
+    overrides = [
+        f"{group}={cfg[group].name}"
+        for group in groups
+        if (CONFIG_DIR / group / f"{cfg[group].name}.yaml").exists()
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        composed = compose("config", overrides=overrides)
+    return OmegaConf.create(OmegaConf.to_container(composed, resolve=True))
 
 
 # --- comparing histories ------------------------------------------------------
@@ -234,7 +277,7 @@ def metric_histories(client, run) -> Histories:
 # --- what may differ besides the code path ------------------------------------
 
 
-def environment_warnings(original_tags: Dict[str, str], cfg: DictConfig) -> List[str]:
+def environment_warnings(original_tags: Dict[str, str], cfg: DictConfig, filled: Dict[str, Any]) -> List[str]:
     """Differences between the original run's code, software and config digest and today's."""
     from src.tracking import software_versions
 
@@ -252,6 +295,11 @@ def environment_warnings(original_tags: Dict[str, str], cfg: DictConfig) -> List
         then = original_tags.get(tag, "unknown")
         if then != versions[tag]:
             warnings.append(f"{tag.replace('_version', '')} version differs: original {then}, now {versions[tag]}")
+    if filled:
+        # the digest covers the filled keys too, so it cannot match the original's
+        values = ", ".join(f"{key}={value}" for key, value in filled.items())
+        warnings.append(f"keys absent from the run's {CONFIG_ARTIFACT} (added to the project since?) take today's defaults: {values}")
+        return warnings
     digest = config_digest(cfg)
     if original_tags.get("config_digest") != digest:
         warnings.append(
@@ -313,7 +361,7 @@ def reproduce_run(
     from src.train import train
 
     original = get_run(client, run_id, tracking_uri)
-    cfg = logged_config(client, original)
+    cfg, filled = logged_config(client, original)
     # The logged URI may be redacted or another machine's path; this is the store being read.
     cfg.mlflow.tracking_uri = tracking_uri
     cfg.mlflow.experiment_name = client.get_experiment(original.info.experiment_id).name
@@ -323,7 +371,7 @@ def reproduce_run(
     outcome = Outcome(run_id, original.info.run_name)
     if original.info.status != "FINISHED":
         outcome.warnings.append(f"the original run is {original.info.status}: its history may be partial")
-    outcome.warnings.extend(environment_warnings(original.data.tags, cfg))
+    outcome.warnings.extend(environment_warnings(original.data.tags, cfg, filled))
     _warn(outcome.warnings, run_id)
 
     result = train(cfg, parent_run_id=parent_run_id, extra_tags={REPRODUCED_FROM_TAG: run_id})

@@ -9,7 +9,7 @@ import yaml
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from src.reproduce import Difference, compare_histories, main, typed_config
+from src.reproduce import Difference, compare_histories, fill_missing, main, typed_config
 from src.train import train
 
 
@@ -163,3 +163,13 @@ def test_reproduce_sweep_puts_every_child_under_a_new_parent(make_cfg, tracking_
     )  # fmt: skip
     assert [c.data.tags["reproduced_from"] for c in new_children] == children
     assert all(c.data.tags["reproduction_verdict"] == "identical" for c in new_children)
+
+
+def test_keys_added_since_the_run_take_todays_defaults(make_cfg):
+    logged = OmegaConf.to_container(make_cfg("model=small", "reg=l2"), resolve=True)
+    del logged["seed"], logged["model"]["activation"]  # as if the schema gained them after the run
+    cfg = typed_config(OmegaConf.create(logged), strict=False)
+    assert fill_missing(cfg) == {"model.activation": "elu", "seed": 0}
+    assert cfg.model.hidden_units == [16, 16] and cfg.reg.l2 == 0.001 and not OmegaConf.missing_keys(cfg)
+    with pytest.raises(ValueError, match="seed"):
+        typed_config(OmegaConf.create(logged))
