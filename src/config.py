@@ -54,7 +54,6 @@ class DataConfig:
     n_features: int = MISSING
     n_validation: int = MISSING
     n_train: int = MISSING
-    shuffle_buffer: int = MISSING
     cache_dir: str = MISSING
     timeout_seconds: float = MISSING
 
@@ -67,6 +66,8 @@ class TrainConfig:
     jit_compile: bool = MISSING
     deterministic: bool = MISSING
     threads: int = MISSING
+    strategy: str = MISSING
+    logical_cpus: int = MISSING
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     seed: int = MISSING
+    device: str = MISSING
     quiet: bool = MISSING
     resume: bool = MISSING
 
@@ -125,7 +127,6 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.train.threads >= 0, "train.threads", "must be 0 (all cores) or a positive count")
     need(cfg.data.n_validation >= 1, "data.n_validation", "must be at least 1")
     need(cfg.data.n_train >= 1, "data.n_train", "must be at least 1")
-    need(cfg.data.shuffle_buffer >= 1, "data.shuffle_buffer", "must be at least 1")
     need(cfg.data.n_features >= 1, "data.n_features", "must be at least 1")
     need(
         cfg.train.batch_size <= cfg.data.n_train,
@@ -149,6 +150,10 @@ def validate(cfg: DictConfig) -> None:
         f"contradicts reg={cfg.reg.name}; pick the reg option that matches (e.g. reg=dropout reg.dropout=0.2)",
     )
     need(cfg.loop.name in ("fit", "tape"), "loop.name", "must be fit or tape")
+    need(cfg.device in ("auto", "cpu", "gpu"), "device", "must be auto, cpu or gpu")
+    need(cfg.train.strategy in ("auto", "default", "one_device", "mirrored"), "train.strategy",
+         "must be auto, default, one_device or mirrored")
+    need(cfg.train.logical_cpus >= 1, "train.logical_cpus", "must be at least 1")
 
 
 def run_name(cfg: DictConfig) -> str:

@@ -220,16 +220,26 @@ def load_higgs(data: DictConfig) -> HiggsSplits:
     )
 
 
-def make_datasets(splits: HiggsSplits, batch_size: int, shuffle_buffer: int, seed: int):
-    """The tutorial's pipelines: shuffled, repeated training batches; fixed validation batches."""
+def make_datasets(splits: HiggsSplits, batch_size: int, seed: int):
+    """Training batches from a fresh shuffle of the rows every epoch, repeated; fixed validation batches."""
     import tensorflow as tf
 
+    x, y = tf.constant(splits.x_train), tf.constant(splits.y_train)
+
+    def shuffled_epoch(epoch):
+        # Epoch e's order is a stateless permutation keyed by (seed, e), so the
+        # stream depends on the seed alone, not on how many iterators are opened
+        # on it. (Keras's fit under a distribution strategy opens one to build
+        # the model and discards it; with `Dataset.shuffle` fit would then get
+        # the second shuffle and the tape loop the first.) A full permutation is
+        # what the tutorial's shuffle buffer (10,000 >= the 10,000 rows) gives.
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(x)[0]), seed=tf.stack([seed, epoch]))
+        return tf.data.Dataset.from_tensor_slices((tf.gather(x, order), tf.gather(y, order)))
+
     train = (
-        tf.data.Dataset.from_tensor_slices((splits.x_train, splits.y_train))
-        .cache()
-        .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        .repeat()
-        .batch(batch_size)
+        tf.data.Dataset.range(2**62)  # epochs, never exhausted: the loops count steps
+        .flat_map(shuffled_epoch)
+        .batch(batch_size)  # after the repeat, as in the tutorial: a batch may span two epochs
         .prefetch(tf.data.AUTOTUNE)
     )
     val = tf.data.Dataset.from_tensor_slices((splits.x_val, splits.y_val)).batch(batch_size).cache()

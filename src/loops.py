@@ -99,6 +99,7 @@ def run_fit(
     train_ds: tf.data.Dataset,
     val_ds: tf.data.Dataset,
     *,
+    strategy: tf.distribute.Strategy,
     epochs: int,
     steps_per_epoch: int,
     learning_rate: float,
@@ -107,12 +108,13 @@ def run_fit(
     on_epoch_end: EpochCallback,
 ) -> None:
     """Keras `model.fit`, which adds `sum(model.losses)` to the objective by itself."""
-    model.compile(
-        optimizer=make_optimizer(learning_rate),
-        loss=make_loss(),
-        metrics=make_metrics(),
-        jit_compile=jit_compile,
-    )
+    with strategy.scope():
+        model.compile(
+            optimizer=make_optimizer(learning_rate),
+            loss=make_loss(),
+            metrics=make_metrics(),
+            jit_compile=jit_compile,
+        )
     model.fit(
         train_ds,
         epochs=epochs,
@@ -129,6 +131,7 @@ def run_tape(
     train_ds: tf.data.Dataset,
     val_ds: tf.data.Dataset,
     *,
+    strategy: tf.distribute.Strategy,
     epochs: int,
     steps_per_epoch: int,
     learning_rate: float,
@@ -145,19 +148,29 @@ def run_tape(
     train metrics from the training-mode forward pass before the update;
     accuracy thresholded at logit 0; and compiled with `tf.function`.
     """
-    loss_fn = make_loss()
-    optimizer = make_optimizer(learning_rate)
-    train_loss, val_loss = keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="val_loss")
-    train_metrics, val_metrics = make_metrics(), make_metrics()
+    replicas = strategy.num_replicas_in_sync
+    with strategy.scope():
+        per_example_loss = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
+        optimizer = make_optimizer(learning_rate)
+        # Slots now, as fit does: variables created inside a distributed tf.function fail.
+        optimizer.build(model.trainable_variables)
+        train_loss, val_loss = keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="val_loss")
+        train_metrics, val_metrics = make_metrics(), make_metrics()
 
     def objective(y, logits):
-        data_loss = loss_fn(y, logits)
+        """This replica's share of the loss; the replicas' gradients are summed."""
+        # The data loss is averaged over the *global* batch, and each penalty is
+        # divided by the replica count: summed over replicas, the penalty then
+        # counts once. Skip either and the penalty is silently scaled (the
+        # article's question, one level up).
+        data_loss = tf.nn.compute_average_loss(per_example_loss(y, logits))
         if not (include_reg_loss and model.losses):
             return data_loss
+        penalties = [tf.nn.scale_regularization_loss(loss) for loss in model.losses]
         # The article's fix, `loss + sum(model.losses)`, summed the way Keras's
         # compute_loss does (one reduce_sum over [data_loss, *penalties]) so the
         # reported loss matches fit's to the last bit.
-        return tf.reduce_sum(tf.stack([data_loss, *model.losses]))
+        return tf.reduce_sum(tf.stack([data_loss, *penalties]))
 
     def train_step(x, y):
         with tf.GradientTape() as tape:
@@ -165,24 +178,33 @@ def run_tape(
             loss = objective(y, logits)
         gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        # Like fit: metrics of the forward pass that produced the gradients.
-        train_loss.update_state(loss, sample_weight=tf.shape(x)[0])
+        # Like fit: metrics of the forward pass that produced the gradients,
+        # the loss reported unscaled (as one replica would see it).
+        train_loss.update_state(loss * replicas, sample_weight=tf.shape(x)[0])
         for metric in train_metrics:
             metric.update_state(y, logits)
 
     def test_step(x, y):
         logits = model(x, training=False)
-        val_loss.update_state(objective(y, logits), sample_weight=tf.shape(x)[0])
+        val_loss.update_state(objective(y, logits) * replicas, sample_weight=tf.shape(x)[0])
         for metric in val_metrics:
             metric.update_state(y, logits)
+
+    def distributed_train_step(x, y):
+        strategy.run(train_step, args=(x, y))
+
+    def distributed_test_step(x, y):
+        strategy.run(test_step, args=(x, y))
 
     # Fresh functions per call: a tf.function that has created variables for one
     # model/optimizer must not be reused with another (sequential multiruns).
     if compile:
-        train_step = tf.function(train_step, jit_compile=jit_compile, reduce_retracing=True)
-        test_step = tf.function(test_step, jit_compile=jit_compile, reduce_retracing=True)
+        distributed_train_step = tf.function(distributed_train_step, jit_compile=jit_compile, reduce_retracing=True)
+        distributed_test_step = tf.function(distributed_test_step, jit_compile=jit_compile, reduce_retracing=True)
 
-    iterator = iter(train_ds)  # one iterator for the whole run, as fit keeps with steps_per_epoch
+    # One iterator for the whole run, as fit keeps with steps_per_epoch.
+    iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+    val_batches = strategy.experimental_distribute_dataset(val_ds)
     bar = tqdm(total=epochs, unit="epoch", disable=not progress, desc=model.name)
     try:
         for epoch in range(epochs):
@@ -191,9 +213,9 @@ def run_tape(
                 metric.reset_state()
             for _ in range(steps_per_epoch):
                 x, y = next(iterator)
-                train_step(x, y)
-            for x, y in val_ds:
-                test_step(x, y)
+                distributed_train_step(x, y)
+            for x, y in val_batches:
+                distributed_test_step(x, y)
             metrics = {train_loss.name: train_loss.result(), val_loss.name: val_loss.result()}
             metrics.update({m.name: m.result() for m in train_metrics})
             metrics.update({f"val_{m.name}": m.result() for m in val_metrics})

@@ -1,10 +1,13 @@
-"""Process-wide TensorFlow settings: threads, determinism, seeds."""
+"""Process-wide TensorFlow settings: devices, distribution strategy, threads, determinism, seeds."""
 
 import logging
+from typing import Dict, List
 
 import keras
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_framework_config
+
+from src.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +24,43 @@ def configure_threads(threads: int) -> None:
         # TensorFlow fixes its thread pools when the runtime starts; a later job
         # of a sequential multirun keeps the first job's setting.
         log.warning("train.threads=%d ignored: this process already runs TensorFlow with %d", threads, current)
+
+
+def configure_devices(device: str, logical_cpus: int) -> List[str]:
+    """Pick the devices a run trains on (`device=auto|cpu|gpu`); returns their names."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "gpu" and not gpus:
+        raise ConfigError("device=gpu: TensorFlow sees no GPU on this machine; use device=auto or device=cpu")
+    use_gpus = bool(gpus) and device in ("auto", "gpu")
+    try:
+        if gpus and not use_gpus:
+            tf.config.set_visible_devices([], "GPU")
+        if logical_cpus > 1:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+    except RuntimeError:
+        # Devices are fixed when the runtime starts (a later job of a sequential multirun).
+        log.warning("device=%s train.logical_cpus=%d: devices already fixed in this process", device, logical_cpus)
+    kind = "GPU" if use_gpus else "CPU"
+    return [d.name for d in tf.config.list_logical_devices(kind)]
+
+
+def make_strategy(strategy: str, devices: List[str]) -> tf.distribute.Strategy:
+    """`auto`: MirroredStrategy over several devices, else TensorFlow's default; or as named."""
+    if strategy == "mirrored" or (strategy == "auto" and len(devices) > 1):
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if len(devices) > 1 and strategy == "one_device":
+        return tf.distribute.OneDeviceStrategy(devices[0])
+    return tf.distribute.get_strategy()
+
+
+def device_tags(strategy: tf.distribute.Strategy, devices: List[str]) -> Dict[str, str]:
+    """What the run actually used, as MLflow tags."""
+    return {
+        "devices": ",".join(devices),
+        "strategy": type(strategy).__name__,
+        "replicas": str(strategy.num_replicas_in_sync),
+    }
 
 
 def configure_determinism(deterministic: bool) -> None:

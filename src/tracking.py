@@ -331,7 +331,7 @@ class HydraMlflowCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._sweep is not None:
-            self._sweep.finish()
+            self._sweep.finish(completed=True)
 
 
 @dataclass
@@ -359,11 +359,12 @@ class _SweepParent:
         )
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": redact_uri(uri)}))
         parent = cls(uri, run.info.run_id, sweep_dir)
-        atexit.register(parent.finish)  # on_multirun_end is skipped when a job fails
+        atexit.register(parent.finish, completed=False)  # on_multirun_end is skipped when a job fails
         print(f"sweep parent run {run.info.run_id}", file=sys.stderr)
         return parent
 
-    def finish(self) -> None:
+    def finish(self, completed: bool) -> None:
+        """End the parent run: FINISHED only if the sweep completed and every job finished."""
         if self.finished:
             return
         self.finished = True
@@ -373,7 +374,7 @@ class _SweepParent:
         statuses = [r["status"] for r in results]
         if "KILLED" in statuses or any(r["status"] == "RUNNING" for r in results):
             status = RunStatus.KILLED
-        elif all(s in ("FINISHED", "SKIPPED") for s in statuses):
+        elif completed and all(s in ("FINISHED", "SKIPPED") for s in statuses):
             status = RunStatus.FINISHED
         else:
             status = RunStatus.FAILED

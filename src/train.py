@@ -54,24 +54,29 @@ def train(
     from src.tracking import dataset_source, tracked_run
 
     runtime.configure_threads(cfg.train.threads)
+    devices = runtime.configure_devices(cfg.device, cfg.train.logical_cpus)
+    strategy = runtime.make_strategy(cfg.train.strategy, devices)
     runtime.configure_determinism(cfg.train.deterministic)
     runtime.seed_everything(cfg.seed)
-    train_ds, val_ds = make_datasets(splits, cfg.train.batch_size, cfg.data.shuffle_buffer, cfg.seed)
-    model = build_model(cfg.model, cfg.reg, cfg.data.n_features)
+    train_ds, val_ds = make_datasets(splits, cfg.train.batch_size, cfg.seed)
+    with strategy.scope():
+        model = build_model(cfg.model, cfg.reg, cfg.data.n_features)
     source = dataset_source(splits.source)
     datasets = {
         "training": mlflow.data.from_numpy(splits.x_train, targets=splits.y_train, source=source, name="higgs-train"),
         "validation": mlflow.data.from_numpy(splits.x_val, targets=splits.y_val, source=source, name="higgs-val"),
     }
     common = dict(
+        strategy=strategy,
         epochs=cfg.train.epochs,
         steps_per_epoch=cfg.data.n_train // cfg.train.batch_size,
         learning_rate=cfg.train.learning_rate,
         jit_compile=cfg.train.jit_compile,
         progress=not cfg.quiet,
     )
+    tags = {**runtime.device_tags(strategy, devices), **(extra_tags or {})}
     with tracked_run(
-        cfg, run_name=name, parent_run_id=parent_run_id, overrides=overrides, datasets=datasets, extra_tags=extra_tags
+        cfg, run_name=name, parent_run_id=parent_run_id, overrides=overrides, datasets=datasets, extra_tags=tags
     ) as run:
         log.info("run %s: %s", run.run_id, name)
         if cfg.loop.name == "fit":

@@ -22,7 +22,7 @@ def test_defaults_are_the_articles_setup():
     cfg = _compose()
     assert (cfg.model.name, cfg.reg.name, cfg.loop.name, cfg.data.name) == ("large", "none", "fit", "higgs")
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate) == (100, 500, 0.001)
-    assert (cfg.data.n_validation, cfg.data.n_train, cfg.data.shuffle_buffer, cfg.data.n_features) == (1000, 10000, 10000, 28)
+    assert (cfg.data.n_validation, cfg.data.n_train, cfg.data.n_features) == (1000, 10000, 28)
     assert cfg.mlflow.tracking_uri.startswith("sqlite:///") and cfg.mlflow.tracking_uri.endswith("/mlruns/mlflow.db")
     assert _compose("loop=tape").loop.include_reg_loss is True
 

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from mlflow import MlflowClient
 
 from src import loops, runtime
@@ -71,10 +72,10 @@ def test_accuracy_thresholds_logits_at_zero(make_cfg, loop):
     cfg = make_cfg(f"loop={loop}", "model=tiny", "train.epochs=1")
     splits = load_higgs(cfg.data)
     runtime.seed_everything(cfg.seed)
-    train_ds, val_ds = make_datasets(splits, cfg.train.batch_size, cfg.data.shuffle_buffer, cfg.seed)
+    train_ds, val_ds = make_datasets(splits, cfg.train.batch_size, cfg.seed)
     model = build_model(cfg.model, cfg.reg, cfg.data.n_features)
     logged = {}
-    common = dict(epochs=1, steps_per_epoch=cfg.data.n_train // cfg.train.batch_size, learning_rate=1e-3,
+    common = dict(strategy=tf.distribute.get_strategy(), epochs=1, steps_per_epoch=cfg.data.n_train // cfg.train.batch_size, learning_rate=1e-3,
                   jit_compile=False, progress=False, on_epoch_end=lambda epoch, m: logged.update(m))
     if loop == "fit":
         loops.run_fit(model, train_ds, val_ds, **common)
