@@ -11,6 +11,7 @@ import sys
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ OVERRIDES_ARTIFACT = "overrides.yaml"
 PARENT_TAG = "mlflow.parentRunId"
 # Keys that do not change what a run computes: left out of the config digest.
 NON_SEMANTIC_KEYS = ("mlflow", "quiet", "resume")
+# URI schemes MLflow tracks to (a driver may follow a `+`, as in postgresql+psycopg2)
+TRACKING_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
 
 
 def redact_uri(uri: str) -> str:
@@ -47,8 +50,12 @@ def _client(tracking_uri: str):
 
 def ensure_store(tracking_uri: str) -> None:
     """Create or migrate the store (or reach the server) once, before any job starts."""
-    from mlflow.exceptions import MlflowException
-
+    scheme = urllib.parse.urlparse(tracking_uri).scheme
+    if len(scheme) > 1 and scheme.split("+")[0] not in TRACKING_SCHEMES:  # len 1: a Windows drive letter
+        raise TrackingError(
+            f"mlflow.tracking_uri={redact_uri(tracking_uri)}: unsupported scheme {scheme!r}; "
+            "use sqlite:///<path>/mlflow.db, http(s)://<host>:<port> or a local folder"
+        )
     if tracking_uri.startswith(("http://", "https://")):
         health = tracking_uri.rstrip("/") + "/health"
         try:
@@ -68,6 +75,8 @@ def ensure_store(tracking_uri: str) -> None:
             raise TrackingError(f"mlflow.tracking_uri: cannot create {db.parent}: {exc.strerror}") from None
         if db.exists() and not _writable(db) or not _writable(db.parent):
             raise TrackingError(f"mlflow.tracking_uri: {db} is not writable")
+    from mlflow.exceptions import MlflowException  # only now: importing MLflow takes seconds
+
     try:
         _client(tracking_uri).search_experiments(max_results=1)
     except MlflowException as exc:
@@ -323,10 +332,18 @@ class HydraMlflowCallback(Callback):
         self._sweep: Optional[_SweepParent] = None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        ensure_store(config.mlflow.tracking_uri)
+        # Nothing to prepare for a single run: train() validates the config, reads the
+        # data, then reaches the store, and a problem becomes the job's one-line error.
+        # (Hydra turns an exception raised in a callback into a warning and runs the job anyway.)
+        pass
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        ensure_store(config.mlflow.tracking_uri)
+        try:
+            ensure_store(config.mlflow.tracking_uri)
+        except TrackingError as exc:
+            # raised, Hydra would only warn and start every job against a broken store
+            print(exc, file=sys.stderr)
+            sys.exit(1)
         self._sweep = _SweepParent.start(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -36,6 +36,8 @@ def train(
     """Train one config into one MLflow run; returns its run ID, status and metric history."""
     validate(cfg)
     cfg = _with_absolute_data_path(cfg)
+    # the cheap checks first: config, then data, then the store (importing MLflow takes seconds)
+    splits = load_higgs(cfg.data)
     ensure_store(cfg.mlflow.tracking_uri)
     name = run_name(cfg)
     if cfg.resume:
@@ -43,7 +45,6 @@ def train(
         if done:
             log.info("resume: %s already FINISHED as run %s; skipped", name, done)
             return {"status": "SKIPPED", "run_id": done, "run_name": name, "history": {}}
-    splits = load_higgs(cfg.data)
 
     # TensorFlow is imported only now, so bad input fails in well under a second.
     import mlflow.data
@@ -147,7 +148,46 @@ def main(cfg: DictConfig) -> None:
         write_job_result(output_dir, result)
 
 
+def _one_line(exc: Exception) -> str:
+    """A Hydra composition error as one line that names the override."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(exc, MissingConfigException) and "/" in (exc.missing_cfg_file or ""):
+        group, _, option = exc.missing_cfg_file.rpartition("/")
+        options = [o for o in exc.options or [] if not o.endswith("_schema")]
+        return f"{group}={option}: no such option (available: {', '.join(options)})"
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse override {exc.override!r}: {text}"
+    if exc.__cause__ is not None and str(exc.__cause__).strip():
+        text += ": " + str(exc.__cause__).strip().splitlines()[0]
+    return text
+
+
+def _one_line_config_errors() -> None:
+    """Make Hydra print a bad override as one line (it prints several: option lists, full_key, hints)."""
+    import hydra._internal.utils as hydra_utils  # hydra-core 1.3: _run_hydra calls this module global
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    report = hydra_utils.run_and_report
+
+    def run_and_report(func):
+        def condensed():
+            try:
+                return func()
+            except (ConfigCompositionException, OverrideParseException) as exc:
+                if os.environ.get("HYDRA_FULL_ERROR"):
+                    raise
+                print(_one_line(exc), file=sys.stderr)
+                sys.exit(1)
+
+        return report(condensed)
+
+    hydra_utils.run_and_report = run_and_report
+
+
 if __name__ == "__main__":
+    _one_line_config_errors()
     try:
         main()
     except KeyboardInterrupt:

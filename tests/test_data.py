@@ -30,7 +30,6 @@ def data_cfg(path=None, *, n_validation=100, n_train=400, url="http://127.0.0.1:
             n_features=N_FEATURES,
             n_validation=n_validation,
             n_train=n_train,
-            shuffle_buffer=100,
             cache_dir=str(cache_dir),
             timeout_seconds=5,
         )
@@ -390,3 +389,25 @@ def test_download_cut_short_is_one_line_and_not_cached(tmp_path):
     assert "\n" not in message
     assert message.startswith(f"{server.url}: corrupt or truncated gzip data after line "), message
     assert not cache_dir.exists() or not list(cache_dir.iterdir())
+
+
+def test_training_stream_depends_on_the_seed_alone(sample_rows):
+    """Every iterator opened on the stream sees the same batches; each epoch is a fresh permutation."""
+
+
+    from src.data import HiggsSplits, make_datasets
+
+    rows = sample_rows[:300]
+    splits = HiggsSplits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s")
+    train, _ = make_datasets(splits, batch_size=50, seed=7)
+    first = [x.numpy() for x, _ in train.take(10)]  # two epochs of 250 rows
+    again = [x.numpy() for x, _ in train.take(10)]  # a second iterator, as Keras opens under a strategy
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    epoch0, epoch1 = np.concatenate(first[:5]), np.concatenate(first[5:])
+    key = lambda a: np.sort(a[:, 0])
+    assert np.array_equal(key(epoch0), np.sort(splits.x_train[:, 0]))  # a permutation of the training rows
+    assert np.array_equal(key(epoch1), np.sort(splits.x_train[:, 0]))
+    assert not np.array_equal(epoch0, epoch1)  # reshuffled every epoch
+    other_seed, _ = make_datasets(splits, batch_size=50, seed=8)
+    assert not np.array_equal(next(iter(other_seed))[0].numpy(), first[0])
+
