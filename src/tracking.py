@@ -178,6 +178,10 @@ class TrackedRun:
     experiment_id: str
     run_name: str
     history: Dict[str, List[float]] = field(default_factory=dict)
+    client: Any = None
+
+    def __post_init__(self) -> None:
+        self.client = _client(self.tracking_uri)
 
     def log_epoch(self, epoch: int, metrics: Dict[str, float]) -> None:
         """All of one epoch's metrics in a single call, step = epoch index."""
@@ -185,12 +189,12 @@ class TrackedRun:
 
         timestamp = int(time.time() * 1000)
         batch = [Metric(key, float(value), timestamp, epoch) for key, value in metrics.items()]
-        _client(self.tracking_uri).log_batch(self.run_id, metrics=batch)
+        self.client.log_batch(self.run_id, metrics=batch)
         for key, value in metrics.items():
             self.history.setdefault(key, []).append(float(value))
 
     def log_figure(self, figure, artifact_file: str) -> None:
-        _client(self.tracking_uri).log_figure(self.run_id, figure, artifact_file)
+        self.client.log_figure(self.run_id, figure, artifact_file)
 
     def ui_hint(self) -> str:
         return (
