@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from src.config import PROJECT_ROOT
 from src.errors import UserError
 from src.reproduce import default_tracking_uri, get_run, open_store, project_mlflow_defaults, sweep_children
-from src.tracking import NON_SEMANTIC_KEYS, redact_uri
+from src.tracking import NON_SEMANTIC_KEYS, PARENT_TAG, redact_uri
 
 # The histories the figures and the table need (epoch_seconds and reg_loss are not plotted).
 METRICS = ("loss", "val_loss", "binary_crossentropy", "val_binary_crossentropy", "accuracy", "val_accuracy")
@@ -63,29 +63,33 @@ class Group:
 # --- which runs ---------------------------------------------------------------
 
 
-def latest_sweep(client, experiment_name: str, tracking_uri: str):
-    """The most recently started run tagged sweep=true in the experiment."""
+def latest_sweeps(client, experiment_name: str, tracking_uri: str, count: int = 1) -> list:
+    """The `count` most recently started runs tagged sweep=true in the experiment, oldest first."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         raise CompareError(f"--experiment {experiment_name}: no such experiment in {redact_uri(tracking_uri)}")
     runs = client.search_runs(
-        [experiment.experiment_id], filter_string="tags.sweep = 'true'", order_by=["attributes.start_time DESC"], max_results=1
+        [experiment.experiment_id],
+        filter_string="tags.sweep = 'true'",
+        order_by=["attributes.start_time DESC"],
+        max_results=count,
     )
     if not runs:
-        raise CompareError(
-            f"--experiment {experiment_name}: no sweep yet; run one (make sweep) or pass run IDs"
-        )
-    return runs[0]
+        raise CompareError(f"--experiment {experiment_name}: no sweep yet; run one (make sweep) or pass run IDs")
+    if len(runs) < count:
+        raise CompareError(f"--latest {count}: --experiment {experiment_name} has only {len(runs)} sweeps")
+    return runs[::-1]
 
 
-def select_runs(client, tracking_uri: str, run_ids: Sequence[str], experiment_name: str) -> Tuple[list, Optional[object]]:
-    """The runs to compare, and the sweep parent run to log on (None unless exactly one sweep is compared)."""
+def select_runs(
+    client, tracking_uri: str, run_ids: Sequence[str], experiment_name: str, latest: int = 1
+) -> Tuple[list, list, Optional[object]]:
+    """The runs to compare, the sweeps among them, and the sweep to log on (when it is all that is compared)."""
     if not run_ids:
-        parents = [latest_sweep(client, experiment_name, tracking_uri)]
-        given = parents
+        given = latest_sweeps(client, experiment_name, tracking_uri, latest)
     else:
         given = [get_run(client, run_id, tracking_uri) for run_id in dict.fromkeys(run_ids)]
-        parents = [r for r in given if r.data.tags.get("sweep") == "true"]
+    parents = [r for r in given if r.data.tags.get("sweep") == "true"]
     runs = []
     for run in given:
         if run.data.tags.get("sweep") != "true":
@@ -100,7 +104,8 @@ def select_runs(client, tracking_uri: str, run_ids: Sequence[str], experiment_na
         if not finished:
             raise CompareError(f"sweep {run.info.run_id}: no FINISHED child runs to compare")
         runs.extend(finished)
-    return runs, parents[0] if len(given) == 1 and len(parents) == 1 else None
+    runs = list({r.info.run_id: r for r in runs}.values())  # a run named and also in a named sweep
+    return runs, parents, parents[0] if len(given) == 1 and len(parents) == 1 else None
 
 
 def load_run(client, run) -> RunData:
@@ -245,8 +250,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             "Compare runs side by side from MLflow's metric histories: one overlay of every run's "
             "val_binary_crossentropy (the tutorial's plot; train dashed), loss and accuracy panels per run, and a "
             "table (final and best val_binary_crossentropy, epoch of best, final train-val gap, final val_accuracy). "
-            "Runs whose params differ only in `seed` form one group, drawn as mean ± std bands and tabled as "
-            "mean ± std (sample std)."
+            "Runs whose params differ only in `seed` (and quiet/resume) form one group, drawn as mean ± std bands "
+            "and tabled as mean ± std (sample std). Curves bit-identical to an earlier run's are marked (= that run)."
         ),
     )
     parser.add_argument(
@@ -268,6 +273,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="experiment searched for the latest sweep when no RUN_ID is given (default: %(default)s)",
     )
     parser.add_argument(
+        "--latest",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="with no RUN_ID: compare the N most recent sweeps of --experiment together, e.g. two sweeps that "
+        "together make the article's comparison (default: 1)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -279,9 +292,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--no-log",
         action="store_true",
         help=f"do not log the files as artifacts under {ARTIFACT_DIR}/ of the sweep parent run (default: log them "
-        "when exactly one sweep is compared; a list of runs is never logged anywhere)",
+        "when a single sweep is compared; a list of runs or several sweeps are logged nowhere)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.latest is not None and args.run_ids:
+        parser.error("--latest: only without RUN_ID")
+    return args
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -291,7 +317,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tracking_uri = args.tracking_uri or default_tracking_uri()
     try:
         client = open_store(tracking_uri)
-        selected, parent = select_runs(client, tracking_uri, args.run_ids, args.experiment)
+        selected, parents, parent = select_runs(client, tracking_uri, args.run_ids, args.experiment, args.latest or 1)
         runs = [load_run(client, run) for run in selected]
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -299,22 +325,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     groups = group_runs(runs)
     rows = table_rows(groups)
     log_on = parent.info.run_id if parent else None
-    if parent:
-        name = _sweep_title(parent)
-        out = args.out or PROJECT_ROOT / "reports" / log_on
+    loose = len(selected) - sum(1 for r in selected if r.data.tags.get(PARENT_TAG) in {p.info.run_id for p in parents})
+    title = " + ".join([_sweep_title(p) for p in parents] + ([f"{loose} runs"] if loose else []))
+    if args.out:
+        out = args.out
+    elif log_on:
+        out = PROJECT_ROOT / "reports" / log_on
     else:
-        name = f"{len(runs)} runs"
-        digest = hashlib.sha256(" ".join(r.run_id for r in runs).encode()).hexdigest()[:12]
-        out = args.out or PROJECT_ROOT / "reports" / f"runs-{digest}"
-    out.mkdir(parents=True, exist_ok=True)
+        out = PROJECT_ROOT / "reports" / f"runs-{hashlib.sha256(' '.join(r.run_id for r in runs).encode()).hexdigest()[:12]}"
     table = format_table(rows)
-    report = {"tracking_uri": redact_uri(tracking_uri), "sweep_run_id": log_on, "groups": rows}
-    (out / "table.txt").write_text(table)
-    (out / "table.json").write_text(json.dumps(report, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-    written = write_figures(groups, out, f"val_binary_crossentropy, {name}")
+    report = json.dumps({"tracking_uri": redact_uri(tracking_uri), "sweep_run_id": log_on, "groups": rows}, indent=2)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "table.txt").write_text(table)
+        (out / "table.json").write_text(report)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(report)
+        written = write_figures(groups, out, f"val_binary_crossentropy, {title}")
+    except OSError as exc:
+        print(f"error: --out/--json: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     print(table, end="")
     print(f"figures and table in {out}", file=sys.stderr)
     if log_on and not args.no_log:

@@ -29,7 +29,7 @@ def _expected_stats(client, run_id):
     }
 
 
-def test_compare_latest_sweep(higgs_file, store_overrides, tracking_uri, tmp_path):
+def test_compare_latest_sweep(higgs_file, store_overrides, tracking_uri, tmp_path, capsys):
     sweep = subprocess.run(
         [
             sys.executable, "-m", "src.train", "-m", "reg=none,l2", "loop=fit,tape",
@@ -71,6 +71,9 @@ def test_compare_latest_sweep(higgs_file, store_overrides, tracking_uri, tmp_pat
         line = next(line for line in proc.stdout.splitlines() if line.startswith(row["label"] + " "))
         assert f"{row['stats']['final_val_binary_crossentropy']['mean']:.4f}" in line
         assert f"{row['stats']['final_val_accuracy']['mean']:.4f}" in line
+
+    # one sweep in the store: asking for the two latest is a one-line error
+    assert main(["--latest", "2", "--tracking-uri", tracking_uri]) == 2
 
 
 def test_seed_groups_show_mean_and_std(make_cfg, tracking_uri, tmp_path, capsys):
