@@ -1,12 +1,14 @@
 """`python -m src.reproduce RUN_ID`: re-run a logged run's own config and check its metrics bit for bit."""
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
 import signal
 import sys
 import tempfile
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -94,11 +96,12 @@ def sweep_children(client, parent) -> list:
 # --- the logged config --------------------------------------------------------
 
 
-def logged_config(client, run) -> Tuple[DictConfig, Dict[str, Any]]:
-    """The run's `config.yaml` artifact, type-checked against the schema, and the keys it lacked.
+def logged_config(client, run) -> Tuple[DictConfig, Dict[str, Any], Dict[str, Any]]:
+    """The run's `config.yaml` artifact, type-checked against the schema; plus the keys filled and dropped.
 
     Keys the schema gained after the run (absent from its artifact) take today's
-    defaults for the run's options, and are returned so the caller can warn.
+    defaults for the run's options; keys it has lost since are dropped. Both are
+    returned (key -> value) so the caller can warn.
     """
     run_id = run.info.run_id
     tags = run.data.tags
@@ -113,12 +116,36 @@ def logged_config(client, run) -> Tuple[DictConfig, Dict[str, Any]]:
         except Exception:  # MLflow raises its own or OSError, depending on the artifact store
             raise ReproduceError(f"run {run_id}: no {CONFIG_ARTIFACT} artifact, so its config is unknown") from None
     try:
-        cfg = typed_config(OmegaConf.create(text), strict=False)
+        loaded, dropped = drop_unknown_keys(OmegaConf.create(text))
+        cfg = typed_config(loaded, strict=False)
         filled = fill_missing(cfg)
     except (OmegaConfBaseException, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ReproduceError(f"run {run_id}: {CONFIG_ARTIFACT} does not fit this project's config schema: {first}") from None
-    return cfg, filled
+    return cfg, filled, dropped
+
+
+def drop_unknown_keys(loaded: DictConfig) -> Tuple[DictConfig, Dict[str, Any]]:
+    """`loaded` without the keys today's schema lacks (removed since the run), and those keys with their values."""
+    if not isinstance(loaded, DictConfig):
+        raise ValueError("not a YAML mapping")
+    container = OmegaConf.to_container(loaded)
+    dropped: Dict[str, Any] = {}
+
+    def walk(node: Dict[str, Any], schema, prefix: str) -> None:
+        hints = typing.get_type_hints(schema)
+        for key in list(node):
+            if key not in hints:
+                dropped[prefix + key] = node.pop(key)
+                continue
+            sub = hints[key]
+            if schema is Config and key == "loop" and isinstance(node[key], dict):
+                sub = LOOP_SCHEMAS.get(node[key].get("name"))  # an unknown loop fails in typed_config
+            if dataclasses.is_dataclass(sub) and isinstance(node[key], dict):
+                walk(node[key], sub, f"{prefix}{key}.")
+
+    walk(container, Config, "")
+    return OmegaConf.create(container), dropped
 
 
 def typed_config(loaded: DictConfig, strict: bool = True) -> DictConfig:
@@ -277,7 +304,9 @@ def metric_histories(client, run) -> Histories:
 # --- what may differ besides the code path ------------------------------------
 
 
-def environment_warnings(original_tags: Dict[str, str], cfg: DictConfig, filled: Dict[str, Any]) -> List[str]:
+def environment_warnings(
+    original_tags: Dict[str, str], cfg: DictConfig, filled: Dict[str, Any], dropped: Dict[str, Any]
+) -> List[str]:
     """Differences between the original run's code, software and config digest and today's."""
     from src.tracking import software_versions
 
@@ -296,10 +325,13 @@ def environment_warnings(original_tags: Dict[str, str], cfg: DictConfig, filled:
         if then != versions[tag]:
             warnings.append(f"{tag.replace('_version', '')} version differs: original {then}, now {versions[tag]}")
     if filled:
-        # the digest covers the filled keys too, so it cannot match the original's
         values = ", ".join(f"{key}={value}" for key, value in filled.items())
         warnings.append(f"keys absent from the run's {CONFIG_ARTIFACT} (added to the project since?) take today's defaults: {values}")
-        return warnings
+    if dropped:
+        values = ", ".join(f"{key}={value}" for key, value in dropped.items())
+        warnings.append(f"keys of the run's {CONFIG_ARTIFACT} this project no longer has are ignored: {values}")
+    if filled or dropped:
+        return warnings  # the digest covers those keys, so it cannot match the original's
     digest = config_digest(cfg)
     if original_tags.get("config_digest") != digest:
         warnings.append(
@@ -361,7 +393,7 @@ def reproduce_run(
     from src.train import train
 
     original = get_run(client, run_id, tracking_uri)
-    cfg, filled = logged_config(client, original)
+    cfg, filled, dropped = logged_config(client, original)
     # The logged URI may be redacted or another machine's path; this is the store being read.
     cfg.mlflow.tracking_uri = tracking_uri
     cfg.mlflow.experiment_name = client.get_experiment(original.info.experiment_id).name
@@ -371,7 +403,7 @@ def reproduce_run(
     outcome = Outcome(run_id, original.info.run_name)
     if original.info.status != "FINISHED":
         outcome.warnings.append(f"the original run is {original.info.status}: its history may be partial")
-    outcome.warnings.extend(environment_warnings(original.data.tags, cfg, filled))
+    outcome.warnings.extend(environment_warnings(original.data.tags, cfg, filled, dropped))
     _warn(outcome.warnings, run_id)
 
     result = train(cfg, parent_run_id=parent_run_id, extra_tags={REPRODUCED_FROM_TAG: run_id})
@@ -533,7 +565,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    print(_line(outcome))
+    hint = f" ({len(outcome.warnings)} warnings above may explain it)" if outcome.exit_code and outcome.warnings else ""
+    print(_line(outcome) + hint)
     return outcome.exit_code
 
 

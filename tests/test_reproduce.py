@@ -1,6 +1,7 @@
 """Reproduce by run ID: the logged config re-runs bit for bit, and a changed config is caught."""
 
 import math
+import os
 import subprocess
 import sys
 
@@ -9,17 +10,18 @@ import yaml
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from src.reproduce import Difference, compare_histories, fill_missing, main, typed_config
+from src.reproduce import Difference, compare_histories, drop_unknown_keys, fill_missing, main, typed_config
 from src.train import train
 
 
-def _reproduce(tmp_path, *args: str) -> subprocess.CompletedProcess:
+def _reproduce(tmp_path, *args: str, env=None) -> subprocess.CompletedProcess:
     """`python -m src.reproduce ...` from an unrelated working directory."""
     cwd = tmp_path / "elsewhere"
     cwd.mkdir(exist_ok=True)
     return subprocess.run(
-        [sys.executable, "-m", "src.reproduce", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, "-m", "src.reproduce", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
+    )  # fmt: skip
 
 
 def _new_run(client, original_id):
@@ -31,7 +33,8 @@ def _new_run(client, original_id):
 
 def test_reproduction_is_bit_identical(make_cfg, tracking_uri, tmp_path):
     original = train(make_cfg("reg=l2_dropout"))
-    proc = _reproduce(tmp_path, original["run_id"], "--tracking-uri", tracking_uri, "--quiet")
+    # the store named by the environment, as MLflow's own tools take it
+    proc = _reproduce(tmp_path, original["run_id"], "--quiet", env={"MLFLOW_TRACKING_URI": tracking_uri})
     assert proc.returncode == 0, proc.stderr
     assert "identical" in proc.stdout
     client = MlflowClient(tracking_uri)
@@ -165,11 +168,14 @@ def test_reproduce_sweep_puts_every_child_under_a_new_parent(make_cfg, tracking_
     assert all(c.data.tags["reproduction_verdict"] == "identical" for c in new_children)
 
 
-def test_keys_added_since_the_run_take_todays_defaults(make_cfg):
+def test_schema_drift_since_the_run_is_filled_and_dropped(make_cfg):
     logged = OmegaConf.to_container(make_cfg("model=small", "reg=l2"), resolve=True)
     del logged["seed"], logged["model"]["activation"]  # as if the schema gained them after the run
-    cfg = typed_config(OmegaConf.create(logged), strict=False)
+    logged["data"]["shuffle_buffer"], logged["gone"] = 10000, 1  # as if it had lost these
+    loaded, dropped = drop_unknown_keys(OmegaConf.create(logged))
+    assert dropped == {"data.shuffle_buffer": 10000, "gone": 1}
+    cfg = typed_config(loaded, strict=False)
     assert fill_missing(cfg) == {"model.activation": "elu", "seed": 0}
     assert cfg.model.hidden_units == [16, 16] and cfg.reg.l2 == 0.001 and not OmegaConf.missing_keys(cfg)
     with pytest.raises(ValueError, match="seed"):
-        typed_config(OmegaConf.create(logged))
+        typed_config(loaded)
