@@ -29,6 +29,8 @@ VERDICT_ARTIFACT = "reproduction.txt"
 IGNORED_METRICS = ("epoch_seconds",)
 # Tags whose difference can change the numbers; each gets a warning.
 SOFTWARE_TAGS = ("tensorflow_version", "keras_version", "numpy_version", "python_version")
+# Tags a run logs about where it ran; known only once the reproduction has run too.
+RUNTIME_TAGS = ("devices", "strategy", "replicas")
 LOOP_SCHEMAS = {"fit": FitLoopConfig, "tape": TapeLoopConfig}
 IDENTICAL, WITHIN_TOLERANCE, DIFFERS = "identical", "within_tolerance", "differs"
 EXIT_CODES = {IDENTICAL: 0, WITHIN_TOLERANCE: 0, DIFFERS: 1}
@@ -341,6 +343,16 @@ def environment_warnings(
     return warnings
 
 
+def runtime_warnings(original, reproduced) -> List[str]:
+    """Devices or distribution strategy (tags logged by the run) that differ from the original's."""
+    then, now = original.data.tags, reproduced.data.tags
+    return [
+        f"{tag} differs: original {then[tag]}, now {now.get(tag, 'unknown')}"
+        for tag in RUNTIME_TAGS
+        if tag in then and then[tag] != now.get(tag)
+    ]
+
+
 def dataset_warnings(original, reproduced) -> List[str]:
     """Datasets whose digest (by context: training, validation) differs from the original's."""
 
@@ -409,9 +421,9 @@ def reproduce_run(
     result = train(cfg, parent_run_id=parent_run_id, extra_tags={REPRODUCED_FROM_TAG: run_id})
     outcome.new_id = result["run_id"]
     new = client.get_run(outcome.new_id)
-    data_warnings = dataset_warnings(original, new)
-    _warn(data_warnings, run_id)
-    outcome.warnings.extend(data_warnings)
+    after = runtime_warnings(original, new) + dataset_warnings(original, new)
+    _warn(after, run_id)
+    outcome.warnings.extend(after)
 
     from src.loops import EPOCH_METRICS  # TensorFlow is loaded by now
 

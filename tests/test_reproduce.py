@@ -10,7 +10,16 @@ import yaml
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from src.reproduce import Difference, compare_histories, drop_unknown_keys, fill_missing, main, typed_config
+from src.reproduce import (
+    Difference,
+    compare_histories,
+    dataset_warnings,
+    drop_unknown_keys,
+    fill_missing,
+    main,
+    runtime_warnings,
+    typed_config,
+)
 from src.train import train
 
 
@@ -179,3 +188,21 @@ def test_schema_drift_since_the_run_is_filled_and_dropped(make_cfg):
     assert cfg.model.hidden_units == [16, 16] and cfg.reg.l2 == 0.001 and not OmegaConf.missing_keys(cfg)
     with pytest.raises(ValueError, match="seed"):
         typed_config(loaded)
+
+
+def test_runtime_and_dataset_differences_are_warned():
+    from types import SimpleNamespace as NS
+
+    def run(tags, digests):
+        inputs = [
+            NS(dataset=NS(name=f"higgs-{c}", digest=d), tags=[NS(key="mlflow.data.context", value=c)])
+            for c, d in digests.items()
+        ]
+        return NS(data=NS(tags=tags), inputs=NS(dataset_inputs=inputs))
+
+    original = run({"devices": "/cpu:0", "strategy": "_DefaultDistributionStrategy"}, {"training": "a", "validation": "b"})
+    same = run(dict(original.data.tags), {"training": "a", "validation": "b"})
+    assert runtime_warnings(original, same) == [] and dataset_warnings(original, same) == []
+    moved = run({"devices": "/gpu:0,/gpu:1", "strategy": "MirroredStrategy"}, {"training": "c", "validation": "b"})
+    assert [w.split(":")[0] for w in runtime_warnings(original, moved)] == ["devices differs", "strategy differs"]
+    assert dataset_warnings(original, moved) == ["dataset digest differs (training): original a, now c: the data changed"]
