@@ -49,7 +49,7 @@ def train(
     # TensorFlow is imported only now, so bad input fails in well under a second.
     import mlflow.data
 
-    from src import loops, runtime
+    from src import loops, plots, runtime
     from src.data import make_datasets
     from src.models import build_model
     from src.tracking import dataset_source, tracked_run
@@ -92,6 +92,10 @@ def train(
                 on_epoch_end=run.log_epoch,
                 **common,
             )
+        figures = plots.run_figures(run.history, name)
+        for artifact_file, figure in figures.items():
+            run.log_figure(figure, artifact_file)
+        plots.close(figures)
     log.info("%s FINISHED. %s", name, run.ui_hint())
     return {"status": "FINISHED", "run_id": run.run_id, "run_name": name, "history": run.history}
 
