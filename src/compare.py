@@ -206,7 +206,10 @@ def format_table(rows: Sequence[Dict]) -> str:
         [row["label"], str(row["n"]), *(cell(row["stats"][key], d) for key, d in STATS.values())] for row in rows
     ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(line, widths))) for line in [header, *body]]
+    lines = [
+        "  ".join(text.ljust(w) if i == 0 else text.rjust(w) for i, (text, w) in enumerate(zip(line, widths)))
+        for line in [header, *body]
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     note = "val_bce = val_binary_crossentropy; gap = val_bce - train bce at the last epoch; epochs count from 0"
     return "\n".join(lines) + "\n" + note + "\n"
@@ -219,7 +222,8 @@ def write_figures(groups: Sequence[Group], out_dir: Path, title: str) -> List[Pa
     """The overlay of every group's val_binary_crossentropy, then each group's loss and accuracy panels."""
     from src import plots
 
-    figures = {"overlay_val_binary_crossentropy.png": plots.overlay_figure({g.label: g.histories for g in groups}, title)}
+    overlay = plots.overlay_figure({g.label: g.histories for g in groups}, title)
+    figures = {"overlay_val_binary_crossentropy.png": overlay}
     written = [Path(p) for p in plots.save(figures, out_dir)]
     for i, group in enumerate(groups, start=1):
         panels = plots.curve_figures(group.histories, group.label)
@@ -287,7 +291,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="folder for the PNGs and table.txt/table.json (default: <project>/reports/<sweep parent run ID>, "
         "or <project>/reports/runs-<hash of the IDs> for a list of runs)",
     )
-    parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the table as JSON to FILE (default: none)")
+    parser.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="also write the table as JSON to FILE (default: none)"
+    )
     parser.add_argument(
         "--no-log",
         action="store_true",
@@ -332,7 +338,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif log_on:
         out = PROJECT_ROOT / "reports" / log_on
     else:
-        out = PROJECT_ROOT / "reports" / f"runs-{hashlib.sha256(' '.join(r.run_id for r in runs).encode()).hexdigest()[:12]}"
+        digest = hashlib.sha256(" ".join(r.run_id for r in runs).encode()).hexdigest()[:12]
+        out = PROJECT_ROOT / "reports" / f"runs-{digest}"
     table = format_table(rows)
     report = json.dumps({"tracking_uri": redact_uri(tracking_uri), "sweep_run_id": log_on, "groups": rows}, indent=2)
     try:

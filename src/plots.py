@@ -1,6 +1,7 @@
 """The article's figures from per-epoch metric histories: per-run curves, seed bands, overlays."""
 
 import textwrap
+from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import matplotlib
@@ -47,12 +48,9 @@ def overlay_figure(
     metric: str = OVERLAY_METRIC,
     train_metric: Optional[str] = "binary_crossentropy",
 ) -> Figure:
-    """The tutorial's plot: every run's (or seed group's) validation curve, train dashed in the same colour.
-
-    Groups whose curves are bit-identical to an earlier group's (fit and tape twins,
-    an L2 penalty the loop ignores) say so in the legend and are drawn thinner on top
-    of the earlier one, so both stay visible.
-    """
+    """The tutorial's plot: every run's (or seed group's) validation curve, train dashed in the same colour."""
+    # Groups bit-identical to an earlier one (fit/tape twins, an L2 penalty the loop
+    # ignores) say so in the legend and are drawn thinner on top, so both stay visible.
     fig, ax = _axes(title, metric.replace("val_", "") + " (solid: validation, dashed: train)")
     series = {label: _series(histories, metric) for label, histories in groups.items()}
     series = {label: s for label, s in series.items() if s is not None}
@@ -81,7 +79,8 @@ def _first_identical(series: Mapping[str, np.ndarray]) -> Dict[str, str]:
     labels = list(series)
     found = {}
     for i, label in enumerate(labels):
-        twin = next((other for other in labels[:i] if other not in found and np.array_equal(series[other], series[label])), None)
+        earlier = (other for other in labels[:i] if other not in found)
+        twin = next((other for other in earlier if np.array_equal(series[other], series[label])), None)
         if twin is not None:
             found[label] = twin
     return found
@@ -89,8 +88,6 @@ def _first_identical(series: Mapping[str, np.ndarray]) -> Dict[str, str]:
 
 def save(figures: Mapping[str, Figure], out_dir) -> List[str]:
     """Write figures as PNG files under `out_dir` (keys are relative paths); returns the paths."""
-    from pathlib import Path
-
     written = []
     for rel, fig in figures.items():
         path = Path(out_dir) / rel
@@ -121,12 +118,12 @@ def _draw(ax, series: np.ndarray, *, label, color, linestyle, alpha: float = 1.0
     epochs = np.arange(series.shape[1])
     marker = "o" if series.shape[1] == 1 else None  # a one-epoch line is otherwise invisible
     if series.shape[0] == 1:
-        ax.plot(epochs, series[0], label=label, color=color, linestyle=linestyle, alpha=alpha, marker=marker, linewidth=linewidth)
+        ax.plot(epochs, series[0], label=label, color=color, ls=linestyle, alpha=alpha, marker=marker, lw=linewidth)
         return series
     mean, std = series.mean(axis=0), series.std(axis=0, ddof=1)
     if label is not None:
         label = f"{label} (mean ± std, n={series.shape[0]})"
-    ax.plot(epochs, mean, label=label, color=color, linestyle=linestyle, alpha=alpha, marker=marker, linewidth=linewidth)
+    ax.plot(epochs, mean, label=label, color=color, linestyle=linestyle, alpha=alpha, marker=marker, lw=linewidth)
     ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2 * alpha, linewidth=0)
     return np.stack([mean - std, mean + std])
 

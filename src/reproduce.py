@@ -99,12 +99,9 @@ def sweep_children(client, parent) -> list:
 
 
 def logged_config(client, run) -> Tuple[DictConfig, Dict[str, Any], Dict[str, Any]]:
-    """The run's `config.yaml` artifact, type-checked against the schema; plus the keys filled and dropped.
-
-    Keys the schema gained after the run (absent from its artifact) take today's
-    defaults for the run's options; keys it has lost since are dropped. Both are
-    returned (key -> value) so the caller can warn.
-    """
+    """The run's `config.yaml` artifact, type-checked, with the keys filled and dropped (key -> value)."""
+    # Keys the schema gained after the run take today's defaults for the run's
+    # options; keys it lost are dropped. Both are returned so the caller can warn.
     run_id = run.info.run_id
     tags = run.data.tags
     if tags.get("sweep") == "true":
@@ -123,7 +120,9 @@ def logged_config(client, run) -> Tuple[DictConfig, Dict[str, Any], Dict[str, An
         filled = fill_missing(cfg)
     except (OmegaConfBaseException, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ReproduceError(f"run {run_id}: {CONFIG_ARTIFACT} does not fit this project's config schema: {first}") from None
+        raise ReproduceError(
+            f"run {run_id}: {CONFIG_ARTIFACT} does not fit this project's config schema: {first}"
+        ) from None
     return cfg, filled, dropped
 
 
@@ -151,10 +150,7 @@ def drop_unknown_keys(loaded: DictConfig) -> Tuple[DictConfig, Dict[str, Any]]:
 
 
 def typed_config(loaded: DictConfig, strict: bool = True) -> DictConfig:
-    """`loaded` merged over the structured schema, so types and key names are checked as Hydra would.
-
-    With `strict`, a key the schema has but `loaded` lacks is an error; else it stays missing (???).
-    """
+    """`loaded` over the structured schema (types, key names checked as Hydra would); strict: no key missing."""
     if not isinstance(loaded, DictConfig):
         raise ValueError("not a YAML mapping")
     loop = loaded.get("loop")
@@ -267,7 +263,9 @@ class Verdict:
 Histories = Dict[str, Dict[int, float]]  # metric -> step -> value
 
 
-def compare_histories(original: Histories, reproduced: Histories, tolerance: float = 0.0, order: Sequence[str] = ()) -> Verdict:
+def compare_histories(
+    original: Histories, reproduced: Histories, tolerance: float = 0.0, order: Sequence[str] = ()
+) -> Verdict:
     """Every metric at every step; the first difference is the earliest step, metrics in `order` first."""
     keys = [k for k in {*original, *reproduced} if k not in IGNORED_METRICS]
     rank = {key: i for i, key in enumerate(order)}
@@ -318,9 +316,12 @@ def environment_warnings(
     commit_now = now["mlflow.source.git.commit"]
     if commit_then != commit_now:
         warnings.append(f"git commit differs: original {commit_then}, now {commit_now}")
-    dirty = [who for who, flag in (("original", original_tags.get("git_dirty")), ("current", now["git_dirty"])) if flag != "false"]
+    flags = (("original", original_tags.get("git_dirty")), ("current", now["git_dirty"]))
+    dirty = [who for who, flag in flags if flag != "false"]
     if dirty:
-        warnings.append(f"uncommitted changes (or unknown state) in the {' and '.join(dirty)} work tree: code may differ")
+        warnings.append(
+            f"uncommitted changes (or unknown state) in the {' and '.join(dirty)} work tree: code may differ"
+        )
     versions = software_versions()
     for tag in SOFTWARE_TAGS:
         then = original_tags.get(tag, "unknown")
@@ -328,7 +329,9 @@ def environment_warnings(
             warnings.append(f"{tag.replace('_version', '')} version differs: original {then}, now {versions[tag]}")
     if filled:
         values = ", ".join(f"{key}={value}" for key, value in filled.items())
-        warnings.append(f"keys absent from the run's {CONFIG_ARTIFACT} (added to the project since?) take today's defaults: {values}")
+        warnings.append(
+            f"keys absent from the run's {CONFIG_ARTIFACT} (added to the project since?) take today's defaults: {values}"
+        )
     if dropped:
         values = ", ".join(f"{key}={value}" for key, value in dropped.items())
         warnings.append(f"keys of the run's {CONFIG_ARTIFACT} this project no longer has are ignored: {values}")
@@ -367,7 +370,8 @@ def dataset_warnings(original, reproduced) -> List[str]:
     if not then:
         return ["the original run logged no datasets: cannot check that the data is the same"]
     return [
-        f"dataset digest differs ({context}): original {then[context]}, now {now.get(context, 'none')}: the data changed"
+        f"dataset digest differs ({context}): original {then[context]}, now {now.get(context, 'none')}: "
+        "the data changed"
         for context in sorted(then)
         if then[context] != now.get(context)
     ]
@@ -427,7 +431,9 @@ def reproduce_run(
 
     from src.loops import EPOCH_METRICS  # TensorFlow is loaded by now
 
-    verdict = compare_histories(metric_histories(client, original), metric_histories(client, new), tolerance, EPOCH_METRICS)
+    verdict = compare_histories(
+        metric_histories(client, original), metric_histories(client, new), tolerance, EPOCH_METRICS
+    )
     outcome.verdict = verdict
     for key, value in verdict.tags().items():
         client.set_tag(outcome.new_id, key, value)
@@ -435,7 +441,9 @@ def reproduce_run(
     return outcome
 
 
-def reproduce_sweep(client, tracking_uri: str, parent_id: str, *, tolerance: float, quiet: Optional[bool]) -> List[Outcome]:
+def reproduce_sweep(
+    client, tracking_uri: str, parent_id: str, *, tolerance: float, quiet: Optional[bool]
+) -> List[Outcome]:
     """Every child of a sweep, under a new parent run tagged `reproduced_from=PARENT_ID`."""
     from mlflow.entities import RunStatus
 
@@ -494,7 +502,8 @@ def _line(outcome: Outcome) -> str:
 def _report(outcome: Outcome) -> str:
     """The verdict artifact: summary, warnings and each metric's largest difference."""
     verdict = outcome.verdict
-    lines = [f"reproduction of run {outcome.original_id} ({outcome.run_name}) as run {outcome.new_id}", verdict.summary(), ""]
+    head = f"reproduction of run {outcome.original_id} ({outcome.run_name}) as run {outcome.new_id}"
+    lines = [head, verdict.summary(), ""]
     lines += ["warnings:", *(f"  {w}" for w in outcome.warnings or ["none"]), ""]
     lines += ["max abs diff per metric:", *(f"  {k:<26} {v!r}" for k, v in verdict.per_metric.items())]
     return "\n".join(lines) + "\n"
@@ -510,7 +519,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             "Re-run a tracked run from its logged config.yaml artifact (not from today's defaults), log a new run "
             f"tagged {REPRODUCED_FROM_TAG}=RUN_ID, and compare every metric's per-epoch history with the original's "
             f"step by step ({', '.join(IGNORED_METRICS)} excepted). The verdict is printed and logged on the new run "
-            f"(tags {VERDICT_TAG}, reproduction_first_difference, reproduction_max_abs_diff; artifact {VERDICT_ARTIFACT})."
+            f"(tags {VERDICT_TAG}, reproduction_first_difference, reproduction_max_abs_diff; "
+            f"artifact {VERDICT_ARTIFACT})."
         ),
         epilog=(
             "exit status: 0 identical (or within --tolerance), 1 a metric differs, "
@@ -518,7 +528,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         ),
     )
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("run_id", nargs="?", metavar="RUN_ID", help="the MLflow run ID to reproduce (a sweep child works too)")
+    target.add_argument(
+        "run_id", nargs="?", metavar="RUN_ID", help="the MLflow run ID to reproduce (a sweep child works too)"
+    )
     target.add_argument(
         "--sweep",
         metavar="PARENT_RUN_ID",
