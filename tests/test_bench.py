@@ -1,0 +1,92 @@
+"""`python -m src.bench` runs end to end on a tiny config and writes a complete, sane JSON table.
+
+A smoke test, not a timing assertion: the numbers depend on the machine and its load.
+"""
+
+import json
+import math
+import subprocess
+import sys
+
+from src import bench
+from src.config import PROJECT_ROOT
+
+
+def test_help_documents_every_option_with_its_default():
+    out = subprocess.run(
+        [sys.executable, "-m", "src.bench", "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())  # argparse wraps lines
+    for option in ("--epochs", "--warmup", "--model", "--data", "--json", "--include-eager", "--no-include-eager",
+                   "--eager-epochs", "--jit", "--tracking-uri", "--startup", "--n-train"):
+        assert option in text, option
+    assert "(default: 10)" in text and "(default: large)" in text
+
+
+def test_bench_runs_and_writes_the_table_as_json(higgs_file, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    results = bench.main([
+        "--model", "tiny",
+        "--epochs", "2",
+        "--warmup", "1",
+        "--eager-epochs", "1",
+        "--eager-warmup", "0",
+        "--matmul-repeats", "2",
+        "--matmul-seconds", "0.05",
+        "--data", str(higgs_file),
+        "--n-train", "2000",
+        "--json", str(out),
+        "data.n_validation=500",
+    ])
+    printed = capsys.readouterr().out
+    assert "cores: " in printed and "bound / epoch" in printed and "met" in printed
+    data = json.loads(out.read_text())
+    assert data["table"] == json.loads(json.dumps(results["table"]))
+
+    machine = data["machine"]
+    assert machine["cores"] >= 1 and machine["tensorflow"] and machine["keras"]
+
+    mm = data["matmul"]
+    assert mm["shape"] == "(500 x 512) @ (512 x 512)"
+    assert 1e8 < mm["flop_per_s"] < 1e14  # 0.1 GFLOP/s .. 100 TFLOP/s
+    assert mm["flop_per_s"] == max(mm["flop_per_s_before_loops"], mm["flop_per_s_after_loops"])
+
+    flops = data["flops"]
+    forward = 2 * (28 * 16 + 16 * 1)  # tiny: 28 -> 16 -> 1
+    assert flops["forward_per_row"] == forward
+    assert flops["train_rows"] == (2000 // 500) * 500 and flops["val_rows"] == 500
+    assert flops["epoch"] == 3 * forward * 2000 + forward * 500
+    assert math.isclose(data["bound_seconds"], flops["epoch"] / mm["flop_per_s"])
+
+    loops = data["loops"]
+    assert set(loops) == {"fit", "tape", "tape_eager"}
+    assert loops["tape_eager"]["compile"] is False and loops["tape"]["compile"] is True
+    for label, loop in loops.items():
+        n_epochs = 1 if label == "tape_eager" else 3
+        assert len(loop["epoch_seconds"]) == n_epochs and len(loop["log_epoch_seconds"]) == n_epochs, label
+        measured = loop["epoch_seconds"][loop["warmup_epochs"]:]
+        assert loop["median_epoch_seconds"] in measured or min(measured) <= loop["median_epoch_seconds"] <= max(measured)
+        assert 0 < loop["median_epoch_seconds"] < 60
+        assert math.isclose(loop["fraction_of_bound"], data["bound_seconds"] / loop["median_epoch_seconds"])
+        assert 0 < loop["median_log_epoch_seconds"] < 10
+        assert math.isclose(loop["logging_share"], loop["median_log_epoch_seconds"] / loop["median_epoch_seconds"])
+    assert math.isclose(
+        data["ratios"]["tape_over_fit"], loops["tape"]["median_epoch_seconds"] / loops["fit"]["median_epoch_seconds"]
+    )
+
+    startup = data["startup"]
+    assert 0 < startup["start_to_first_step_seconds"] < startup["start_to_first_epoch_end_seconds"]
+    assert startup["start_to_first_epoch_end_seconds"] < startup["process_wall_seconds"] < 600
+    assert "train.epochs=1" in startup["command"]
+
+    rss = data["peak_rss_mib"]
+    assert 50 < rss["self"] < 64_000 and 50 < rss["startup_child"] < 64_000
+
+    rows = {row["key"]: row for row in data["table"]}
+    for key in ("fit_fraction_of_bound", "tape_fraction_of_bound", "tape_over_fit", "fit_logging_share",
+                "tape_logging_share", "start_to_first_step_seconds"):
+        assert rows[key]["goal"] and isinstance(rows[key]["met"], bool), key
+    assert rows["tape_over_fit"]["met"] == (data["ratios"]["tape_over_fit"] <= 1.0)
+    for key in ("matmul_gflop_per_s", "bound_seconds", "peak_rss_mib", "tape_eager_median_epoch_seconds"):
+        assert key in rows and rows[key]["met"] is None, key
