@@ -13,8 +13,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from src.config import PROJECT_ROOT
 from src.errors import UserError
-from src.reproduce import default_tracking_uri, get_run, open_store, project_mlflow_defaults, sweep_children
-from src.tracking import NON_SEMANTIC_KEYS, PARENT_TAG, redact_uri
+from src.tracking import (
+    NON_SEMANTIC_KEYS,
+    PARENT_TAG,
+    default_tracking_uri,
+    get_run,
+    open_store,
+    project_mlflow_defaults,
+    redact_uri,
+    sweep_children,
+)
 
 # The histories the figures and the table need (epoch_seconds and reg_loss are not plotted).
 METRICS = ("loss", "val_loss", "binary_crossentropy", "val_binary_crossentropy", "accuracy", "val_accuracy")

@@ -18,7 +18,18 @@ from omegaconf.errors import OmegaConfBaseException
 
 from src.config import CONFIG_DIR, Config, FitLoopConfig, TapeLoopConfig
 from src.errors import UserError
-from src.tracking import CONFIG_ARTIFACT, PARENT_TAG, config_digest, git_state, redact_uri
+from src.tracking import (
+    CONFIG_ARTIFACT,
+    PARENT_TAG,
+    config_digest,
+    default_tracking_uri,
+    get_run,
+    git_state,
+    open_store,
+    project_mlflow_defaults,
+    redact_uri,
+    sweep_children,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,61 +49,6 @@ EXIT_CODES = {IDENTICAL: 0, WITHIN_TOLERANCE: 0, DIFFERS: 1}
 
 class ReproduceError(UserError):
     """A run that cannot be reproduced: unknown, foreign, or without its config."""
-
-
-# --- the store ----------------------------------------------------------------
-
-
-def project_mlflow_defaults() -> DictConfig:
-    """The `mlflow` section of conf/config.yaml, resolved (the project's store and experiment)."""
-    return OmegaConf.create(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "config.yaml").mlflow, resolve=True))
-
-
-def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else the project's store from conf/config.yaml."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or project_mlflow_defaults().tracking_uri
-
-
-def open_store(tracking_uri: str):
-    """A client of an existing store; a missing local database is an error, not a new empty store."""
-    from mlflow import MlflowClient
-
-    from src.tracking import ensure_store
-
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///") :])
-        if not db.exists():
-            raise ReproduceError(f"--tracking-uri: no MLflow store at {db}")
-    ensure_store(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-def get_run(client, run_id: str, tracking_uri: str):
-    """The run, or a one-line error naming the ID and the store."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run_id)
-    except MlflowException as exc:
-        reason = "no such run" if exc.error_code == "RESOURCE_DOES_NOT_EXIST" else str(exc).splitlines()[0]
-        raise ReproduceError(f"run {run_id}: {reason} in {redact_uri(tracking_uri)}") from None
-
-
-def sweep_children(client, parent) -> list:
-    """A sweep parent's child runs, oldest first."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
-            order_by=["attributes.start_time ASC"],
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 # --- the logged config --------------------------------------------------------

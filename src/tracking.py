@@ -4,6 +4,7 @@ import atexit
 import hashlib
 import json
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from typing import Any, Dict, Iterator, List, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from src.config import PROJECT_ROOT
+from src.config import CONFIG_DIR, PROJECT_ROOT
 from src.errors import NonFiniteLossError, TrackingError
 
 log = logging.getLogger(__name__)
@@ -314,6 +315,58 @@ def finished_run_with_digest(cfg: DictConfig, digest: str) -> Optional[str]:
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
+
+
+# --- reading a store back (reproduce, compare) ---------------------------
+
+def project_mlflow_defaults() -> DictConfig:
+    """The `mlflow` section of conf/config.yaml, resolved (the project's store and experiment)."""
+    return OmegaConf.create(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "config.yaml").mlflow, resolve=True))
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the project's store from conf/config.yaml."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or project_mlflow_defaults().tracking_uri
+
+
+def open_store(tracking_uri: str):
+    """A client of an existing store; a missing local database is an error, not a new empty store."""
+    from mlflow import MlflowClient
+
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///") :])
+        if not db.exists():
+            raise TrackingError(f"--tracking-uri: no MLflow store at {db}")
+    ensure_store(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def get_run(client, run_id: str, tracking_uri: str):
+    """The run, or a one-line error naming the ID and the store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as exc:
+        reason = "no such run" if exc.error_code == "RESOURCE_DOES_NOT_EXIST" else str(exc).splitlines()[0]
+        raise TrackingError(f"run {run_id}: {reason} in {redact_uri(tracking_uri)}") from None
+
+
+def sweep_children(client, parent) -> list:
+    """A sweep parent's child runs, oldest first."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 # --- sweeps -----------------------------------------------------------------
