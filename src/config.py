@@ -151,6 +151,11 @@ def validate(cfg: DictConfig) -> None:
     )
     need(cfg.loop.name in ("fit", "tape"), "loop.name", "must be fit or tape")
     need(cfg.device in ("auto", "cpu", "gpu"), "device", "must be auto, cpu or gpu")
+    need(
+        not (cfg.train.jit_compile and cfg.train.deterministic and cfg.loop.name == "fit"),
+        "train.jit_compile",
+        "Keras's fit silently drops XLA while op determinism is on; also set train.deterministic=false",
+    )
     need(cfg.train.strategy in ("auto", "default", "one_device", "mirrored"), "train.strategy",
          "must be auto, default, one_device or mirrored")
     need(cfg.train.logical_cpus >= 1, "train.logical_cpus", "must be at least 1")

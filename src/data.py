@@ -225,22 +225,30 @@ def make_datasets(splits: HiggsSplits, batch_size: int, seed: int):
     import tensorflow as tf
 
     x, y = tf.constant(splits.x_train), tf.constant(splits.y_train)
+    n_rows = tf.shape(x, out_type=tf.int64)[0]
 
-    def shuffled_epoch(epoch):
+    def epoch_order(epoch):
         # Epoch e's order is a stateless permutation keyed by (seed, e), so the
         # stream depends on the seed alone, not on how many iterators are opened
         # on it. (Keras's fit under a distribution strategy opens one to build
         # the model and discards it; with `Dataset.shuffle` fit would then get
         # the second shuffle and the tape loop the first.) A full permutation is
         # what the tutorial's shuffle buffer (10,000 >= the 10,000 rows) gives.
-        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(x)[0]), seed=tf.stack([seed, epoch]))
-        return tf.data.Dataset.from_tensor_slices((tf.gather(x, order), tf.gather(y, order)))
+        return tf.random.experimental.stateless_shuffle(
+            tf.range(tf.shape(x)[0]), seed=tf.stack([tf.cast(seed, tf.int64), epoch])
+        )
 
-    train = (
-        tf.data.Dataset.range(2**62)  # epochs, never exhausted: the loops count steps
-        .flat_map(shuffled_epoch)
-        .batch(batch_size)  # after the repeat, as in the tutorial: a batch may span two epochs
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    def batch(k):
+        # Rows k*B .. (k+1)*B-1 of the endless concatenation of epoch orders, as
+        # the tutorial's shuffle().repeat().batch() gives: a batch may span two
+        # epochs (batch_size <= n_train, so never three). Gathered as one batch,
+        # not row by row, which keeps the pipeline off the step's critical path.
+        positions = k * batch_size + tf.range(batch_size, dtype=tf.int64)
+        epochs, index = positions // n_rows, positions % n_rows
+        first = epochs[0]
+        rows = tf.where(epochs == first, tf.gather(epoch_order(first), index), tf.gather(epoch_order(first + 1), index))
+        return tf.gather(x, rows), tf.gather(y, rows)
+
+    train = tf.data.Dataset.range(2**62 // batch_size).map(batch).prefetch(tf.data.AUTOTUNE)
     val = tf.data.Dataset.from_tensor_slices((splits.x_val, splits.y_val)).batch(batch_size).cache()
     return train, val

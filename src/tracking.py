@@ -14,6 +14,7 @@ import traceback
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +181,10 @@ class TrackedRun:
     run_name: str
     history: Dict[str, List[float]] = field(default_factory=dict)
     client: Any = None
+    # One background writer: an epoch's sqlite write (~10 ms) overlaps the next
+    # epoch instead of adding to it; writes stay in order.
+    _writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1))
+    _pending: List[Future] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.client = _client(self.tracking_uri)
@@ -190,9 +195,15 @@ class TrackedRun:
 
         timestamp = int(time.time() * 1000)
         batch = [Metric(key, float(value), timestamp, epoch) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        self._pending.append(self._writer.submit(self.client.log_batch, self.run_id, metrics=batch))
         for key, value in metrics.items():
             self.history.setdefault(key, []).append(float(value))
+
+    def flush(self) -> None:
+        """Wait for every metric write; re-raises a write's error."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
 
     def log_figure(self, figure, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
@@ -244,17 +255,28 @@ def tracked_run(
             client.log_text(tracked.run_id, OmegaConf.to_yaml(OmegaConf.create(list(overrides))), OVERRIDES_ARTIFACT)
         _log_datasets(client, tracked.run_id, datasets)
         yield tracked
+        tracked.flush()
         status = RunStatus.to_string(RunStatus.FINISHED)
     except BaseException as exc:
         exc.mlflow_run_id = tracked.run_id  # lets the sweep summary name the failed run
         if isinstance(exc, KeyboardInterrupt):
             status = RunStatus.to_string(RunStatus.KILLED)
         with signals_blocked():
+            _flush_quietly(tracked)
             _record_failure(client, tracked.run_id, exc)
         raise
     finally:
         with signals_blocked():  # a second Ctrl-C must not leave the run RUNNING
+            tracked._writer.shutdown(wait=True)
             client.set_terminated(tracked.run_id, status)
+
+
+def _flush_quietly(tracked: TrackedRun) -> None:
+    """Keep the epochs already logged; the run's own error is the one to report."""
+    try:
+        tracked.flush()
+    except Exception as exc:
+        log.warning("some metrics of run %s were not written: %s", tracked.run_id, exc)
 
 
 @contextmanager
