@@ -580,8 +580,8 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None] = print) -> D
             variants.append(("tape_eager", ["loop=tape", "loop.compile=false"], args.eager_warmup, args.eager_epochs))
         if args.jit:
             variants += [
-                ("fit_jit", ["loop=fit", "train.jit_compile=true"], args.warmup, args.epochs),
-                ("tape_jit", ["loop=tape", "train.jit_compile=true"], args.warmup, args.epochs),
+                ("fit_jit", ["loop=fit", "train.jit_compile=true", "train.deterministic=false"], args.warmup, args.epochs),
+                ("tape_jit", ["loop=tape", "train.jit_compile=true", "train.deterministic=false"], args.warmup, args.epochs),
             ]
         loops: Dict[str, Dict[str, Any]] = {}
         for label, extra, warmup, epochs in variants:
