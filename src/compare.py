@@ -36,6 +36,7 @@ STATS = {  # table column -> (JSON key, decimals)
     "best@epoch": ("best_epoch", 1),
     "train-val gap": ("final_train_val_gap", 4),
     "final val_acc": ("final_val_accuracy", 4),
+    "val_bce wobble": ("val_bce_wobble", 4),
 }
 ARTIFACT_DIR = "compare"
 
@@ -171,7 +172,16 @@ def run_stats(history: History) -> Dict[str, float]:
         # positive = validation loss above training loss: overfitting
         "final_train_val_gap": val[-1] - train[-1] if train else math.nan,
         "final_val_accuracy": acc[-1] if acc else math.nan,
+        # how much the validation loss jumps between epochs late in training: the
+        # article's "dropout steadies the loss" as a number
+        "val_bce_wobble": _mean_abs_step(val[(len(val) - 1) // 2 :]),
     }
+
+
+def _mean_abs_step(values: Sequence[float]) -> float:
+    """Mean |v[i+1] - v[i]|; NaN with fewer than two values."""
+    steps = [abs(b - a) for a, b in zip(values, values[1:])]
+    return sum(steps) / len(steps) if steps else math.nan
 
 
 def group_stats(group: Group) -> Dict[str, Dict[str, Optional[float]]]:
@@ -219,7 +229,10 @@ def format_table(rows: Sequence[Dict]) -> str:
         for line in [header, *body]
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    note = "val_bce = val_binary_crossentropy; gap = val_bce - train bce at the last epoch; epochs count from 0"
+    note = (
+        "val_bce = val_binary_crossentropy; gap = val_bce - train bce at the last epoch; "
+        "wobble = mean |epoch-to-epoch change| of val_bce over the second half of the epochs; epochs count from 0"
+    )
     return "\n".join(lines) + "\n" + note + "\n"
 
 

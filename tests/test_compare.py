@@ -26,6 +26,7 @@ def _expected_stats(client, run_id):
         "best_epoch": int(np.argmin(val)),
         "final_train_val_gap": val[-1] - train_bce[-1],
         "final_val_accuracy": _history(client, run_id, "val_accuracy")[-1],
+        "val_bce_wobble": float(np.mean(np.abs(np.diff(val[(len(val) - 1) // 2 :])))),
     }
 
 
