@@ -88,6 +88,7 @@ def mlflow_server(tmp_path):
             proc.kill()
 
 
+@pytest.mark.slow  # about a minute: the server's own start-up is most of it
 def test_sweep_against_a_real_tracking_server(higgs_file, tmp_path, mlflow_server):
     store = [f"mlflow.tracking_uri={mlflow_server}", f"data.cache_dir={tmp_path}/cache"]
     proc = run_cli(["-m", "reg=none,l2", "train.epochs=2", *_sweep_args(higgs_file, tmp_path, store)], tmp_path)
