@@ -28,7 +28,7 @@ server:  ## an MLflow tracking server on 127.0.0.1:$(PORT) over the project's st
 test:  ## the default test suite (a few minutes on 2 cores)
 	$(PY) -m pytest -m "not slow"
 
-test-slow:  ## the long tests: 5-epoch large-model parity, parallel sweeps
+test-slow:  ## the long tests: 5-epoch parity, 8 parallel jobs, 2 replicas, a real mlflow server
 	$(PY) -m pytest -m slow
 
 reproduce:  ## rerun a logged run exactly: make reproduce RUN=<run id>
