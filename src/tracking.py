@@ -322,7 +322,17 @@ def _log_datasets(client, run_id: str, datasets: Dict[str, Any]) -> None:
         DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
         for context, dataset in datasets.items()
     ]
-    client.log_inputs(run_id, datasets=inputs)
+    for attempt in range(5):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except Exception as exc:
+            # Parallel jobs log the same dataset: the store looks it up, misses, and
+            # inserts, so two jobs can race on its unique key. Once the other job's
+            # insert has landed, a retry finds the dataset and only links it.
+            if "UNIQUE constraint failed" not in str(exc) or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def finished_run_with_digest(cfg: DictConfig, digest: str) -> Optional[str]:
