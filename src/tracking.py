@@ -89,8 +89,6 @@ def ensure_store(tracking_uri: str) -> None:
 
 
 def _writable(path: Path) -> bool:
-    import os
-
     return os.access(path, os.W_OK)
 
 

@@ -5,7 +5,7 @@ from mlflow import MlflowClient
 
 from tests.helpers import run_cli, split_runs
 
-KEYS = ("loss", "val_loss", "accuracy", "val_accuracy", "reg_loss")
+KEYS = ("loss", "val_loss", "accuracy", "val_accuracy", "reg_loss", "val_binary_crossentropy")
 # Two replicas sum two half-batch gradients instead of one full-batch gradient:
 # the same arithmetic in another order, so only float rounding may differ.
 TOLERANCE = 1e-5
@@ -42,6 +42,9 @@ def test_two_replicas_match_one_for_fit_and_tape_with_and_without_l2(higgs_file,
         assert tags_two["devices"] == "/device:CPU:0,/device:CPU:1"
         for key in KEYS:
             assert history_two[key] == pytest.approx(history_one[key], abs=TOLERANCE), (name, key)
-    # A penalty counted once per replica would double reg's share of the loss: loss - bce would be ~2x reg_loss.
-    _, l2 = two["tape-l2-medium"]
-    assert l2["reg_loss"][-1] > 0.01
+    # The penalty counts once in the 2-replica objective, not once per replica:
+    # validation runs on fixed weights, so val_loss - val_bce is exactly the penalty.
+    for name in ("fit-l2-medium", "tape-l2-medium"):
+        _, l2 = two[name]
+        assert l2["reg_loss"][-1] > 0.01
+        assert l2["val_loss"][-1] - l2["val_binary_crossentropy"][-1] == pytest.approx(l2["reg_loss"][-1], rel=1e-4)
