@@ -1,52 +1,22 @@
-"""`python -m src.bench`: how close the training loops come to the machine's matmul rate.
-
-In one process, on the real data and (by default) the large model, after warm-up:
-
-* the float32 matmul rate at the model's layer shape, (batch x 512) @ (512 x 512);
-* the FLOPs of one epoch (Dense layers only, see FLOP_CONVENTION) over that rate = the bound;
-* median `epoch_seconds` of `fit` and of `tape` (and of the eager tape loop, and with XLA
-  when asked), each as bound / epoch time, and tape / fit;
-* the time the run's MLflow `log_epoch` calls take, as a share of the epoch;
-* peak RSS.
-
-Then, in a fresh `python -m src.train` subprocess, the time from process start to the first
-training step. Every training run goes through `src.train.train` with configs composed
-from the project's `conf/`, so the bench measures the real configs.
-
-Prints one table (metric, value, goal, met?) and writes it as JSON with `--json FILE`.
-"""
+"""`python -m src.bench`: how close the training loops come to the machine's matmul rate."""
 
 import argparse
 import json
 import os
-import platform
-import re
 import resource
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import threading
-import warnings
-from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from src.config import CONFIG_DIR, PROJECT_ROOT
+from src.bench_loops import FLOP_CONVENTION, dense_shapes, epoch_flops, machine_info, matmul_rate, measure_loop
+from src.bench_startup import measure_startup
+from src.config import PROJECT_ROOT, compose_config, validate
+from src.errors import JobFailed
 
 DEFAULT_DATA = os.environ.get("HIGGS_PATH") or str(PROJECT_ROOT.parent / "shared" / "data" / "higgs_sample.csv.gz")
 DEFAULT_N_TRAIN = 9984  # the shared sample's 10,984 rows minus the 1,000 validation rows
-STARTUP_EXPERIMENT = "bench-startup"
-
-FLOP_CONVENTION = (
-    "Dense layers only: forward = 2*in*out FLOPs per row per layer; backward = 2 x forward; "
-    "an epoch = 3 x forward on the rows its steps train on (steps_per_epoch * batch_size) "
-    "+ 1 x forward on the validation rows. Bias adds, activations, loss, metrics and the "
-    "optimizer update are not counted."
-)
 
 # metric -> (comparison, threshold, how the goal is printed)
 GOALS: Dict[str, tuple] = {
@@ -63,9 +33,10 @@ GOALS: Dict[str, tuple] = {
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line: options, then Hydra overrides."""
     parser = argparse.ArgumentParser(
         prog="python -m src.bench",
-        description=__doc__.split("\n\n")[0] + " See the module docstring for what is measured.",
+        description=__doc__ + " README.md, section Performance, says what is measured and how.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--epochs", type=int, default=10, help="measured epochs per loop (after the warm-up)")
@@ -118,10 +89,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-# --- configs -------------------------------------------------------------------------
-
-
 def base_overrides(args: argparse.Namespace, tracking_uri: str, artifacts: str) -> List[str]:
+    """The overrides every measured run shares: model, data, a quiet private store, the user's own."""
     return [
         f"model={args.model}",
         f"data.path={args.data}",
@@ -133,328 +102,11 @@ def base_overrides(args: argparse.Namespace, tracking_uri: str, artifacts: str) 
     ]
 
 
-def compose_cfg(overrides: Sequence[str]):
-    """The project's config, composed from conf/ with these overrides (as `python -m src.train` would)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
-
-
-# --- FLOPs and the matmul rate ---------------------------------------------------------
-
-
-def dense_shapes(cfg) -> List[tuple]:
-    """(in, out) of every Dense layer of the configured model, read from the built model."""
-    import keras
-
-    from src.models import build_model
-
-    model = build_model(cfg.model, cfg.reg, cfg.data.n_features)
-    return [tuple(layer.kernel.shape) for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-
-
-def epoch_flops(shapes: Sequence[tuple], train_rows: int, val_rows: int) -> Dict[str, float]:
-    forward_per_row = sum(2 * n_in * n_out for n_in, n_out in shapes)
-    train = 3 * forward_per_row * train_rows
-    val = forward_per_row * val_rows
-    return {
-        "forward_per_row": forward_per_row,
-        "train_rows": train_rows,
-        "val_rows": val_rows,
-        "train": train,
-        "validation": val,
-        "epoch": train + val,
-    }
-
-
-def matmul_rate(batch: int, width: int = 512, repeats: int = 7, target_seconds: float = 0.3) -> Dict[str, Any]:
-    """float32 FLOP/s of (batch x width) @ (width x width), chained in a tf.function loop; median of repeats.
-
-    The chain x <- x @ W with an orthogonal W keeps the values bounded and makes every
-    product depend on the previous one, as the model's layers do.
-    """
-    import numpy as np
-    import tensorflow as tf
-
-    rng = np.random.default_rng(0)
-    w = tf.constant(np.linalg.qr(rng.normal(size=(width, width)))[0].astype(np.float32))
-    x0 = tf.constant(rng.normal(size=(batch, width)).astype(np.float32))
-
-    @tf.function
-    def chain(x, n):
-        for _ in tf.range(n):
-            x = tf.linalg.matmul(x, w)
-        return x
-
-    cores_busy: List[float] = []
-
-    def timed(n: int) -> float:
-        started, cpu_started = time.perf_counter(), time.process_time()
-        chain(x0, tf.constant(n)).numpy()
-        elapsed = time.perf_counter() - started
-        cores_busy.append((time.process_time() - cpu_started) / elapsed)
-        return elapsed
-
-    timed(10)  # trace and warm up
-    n = 10
-    while True:  # calibrate: one repeat should take about target_seconds
-        elapsed = timed(n)
-        if elapsed >= target_seconds / 4 or n >= 1 << 20:
-            break
-        n *= 4
-    n = max(1, int(n * target_seconds / max(elapsed, 1e-9)))
-    cores_busy.clear()
-    times = [timed(n) for _ in range(repeats)]
-    flops = 2.0 * batch * width * width * n
-    rates = sorted(flops / t for t in times)
-    return {
-        "shape": f"({batch} x {width}) @ ({width} x {width})",
-        "matmuls_per_repeat": n,
-        "repeats": repeats,
-        "flop_per_s": statistics.median(rates),
-        "flop_per_s_min": rates[0],
-        "flop_per_s_max": rates[-1],
-        "cores_busy": statistics.median(cores_busy),
-    }
-
-
-# --- the loops -----------------------------------------------------------------------
-
-
-@contextmanager
-def timed_log_epoch() -> Iterator[List[Dict[str, float]]]:
-    """Time every `TrackedRun.log_epoch` call (the per-epoch MLflow logging) while inside.
-
-    Each call is recorded with the process's CPU time at its start and end, so the CPU
-    time of the epochs between two calls is known too (CPU seconds / epoch seconds =
-    how many cores the loop kept busy).
-    """
-    from src import tracking
-
-    original = tracking.TrackedRun.log_epoch
-    calls: List[Dict[str, float]] = []
-
-    def log_epoch(self, epoch, metrics):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        try:
-            return original(self, epoch, metrics)
-        finally:
-            calls.append(
-                {
-                    "seconds": time.perf_counter() - started,
-                    "cpu_at_start": cpu_started,
-                    "cpu_at_end": time.process_time(),
-                }
-            )
-
-    tracking.TrackedRun.log_epoch = log_epoch
-    try:
-        yield calls
-    finally:
-        tracking.TrackedRun.log_epoch = original
-
-
-def measure_loop(label: str, cfg, warmup: int) -> Dict[str, Any]:
-    """Train `cfg` for warmup + measured epochs in this process; epoch and logging times."""
-    from src.train import train
-
-    with timed_log_epoch() as log_calls, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        started = time.perf_counter()
-        result = train(cfg)
-        wall = time.perf_counter() - started
-    # Keras's compile() turns jit_compile=True off, with only a warning, when op
-    # determinism is on (train.deterministic=true): fit then runs without XLA.
-    jit_fell_back = any("jit_compile=False" in str(w.message) for w in caught)
-    for w in caught:
-        if "jit_compile=False" not in str(w.message):
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    epochs = result["history"]["epoch_seconds"]
-    log_seconds = [call["seconds"] for call in log_calls]
-    # CPU time of epoch k: from the end of log_epoch k-1 to the start of log_epoch k
-    # (epoch 0 has no start mark: a warm-up epoch anyway)
-    epoch_cpu = [b["cpu_at_start"] - a["cpu_at_end"] for a, b in zip(log_calls, log_calls[1:])]
-    cores_busy = [cpu / wall for cpu, wall in zip(epoch_cpu, epochs[1:])][max(0, warmup - 1):]
-    measured, logged = epochs[warmup:], log_seconds[warmup:]
-    median = statistics.median(measured)
-    log_median = statistics.median(logged) if logged else float("nan")
-    return {
-        "label": label,
-        "loop": cfg.loop.name,
-        "compile": bool(cfg.loop.get("compile", True)),
-        "jit_compile": bool(cfg.train.jit_compile),
-        "xla_used": bool(cfg.train.jit_compile) and not jit_fell_back,
-        "warmup_epochs": warmup,
-        "epoch_seconds": epochs,
-        "median_epoch_seconds": median,
-        "min_epoch_seconds": min(measured),
-        "first_epoch_seconds": epochs[0],
-        "log_epoch_seconds": log_seconds,
-        "median_log_epoch_seconds": log_median,
-        "logging_share": log_median / median,
-        "cores_busy": cores_busy,
-        "median_cores_busy": statistics.median(cores_busy) if cores_busy else None,
-        "run_wall_seconds": wall,
-        "run_id": result["run_id"],
-    }
-
-
-# --- start to first step ---------------------------------------------------------------
-
-
-def _proc_start_wall_time(pid: int) -> Optional[float]:
-    """Wall-clock start time of a process from /proc (10 ms resolution), None off Linux."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        start_ticks = int(fields[19])  # field 22 of stat(5), counted after the ")"
-        since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
-        now = time.time()
-        return now - (since_boot - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-
-
-class _PeakRss:
-    """Peak RSS of a child process, polled from /proc/<pid>/status (VmHWM) until it exits.
-
-    (getrusage(RUSAGE_CHILDREN) would report the parent's size: the forked child
-    counts the parent's pages until it execs.)
-    """
-
-    def __init__(self, pid: int, interval: float = 0.05):
-        self.mib: Optional[float] = None
-        self._path = Path(f"/proc/{pid}/status")
-        self._interval = interval
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        while not self._done.is_set():
-            try:
-                for line in self._path.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        self.mib = int(line.split()[1]) / 1024.0
-            except (OSError, ValueError, IndexError):
-                return  # exited (or not Linux)
-            self._done.wait(self._interval)
-
-    def stop(self) -> None:
-        self._done.set()
-        self._thread.join()
-
-
-LOG_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[([^\]]+)\]\[\w+\] - (.*)$")
-
-
-def _log_times(log_file: Path) -> List[tuple]:
-    """(wall time, logger, message) of each line of a Hydra job log."""
-    if not log_file.exists():
-        return []
-    out = []
-    for line in log_file.read_text().splitlines():
-        match = LOG_LINE.match(line)
-        if match:
-            stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            out.append((stamp, match.group(2), match.group(3)))
-    return out
-
-
-def measure_startup(overrides: Sequence[str], tracking_uri: str, workdir: Path) -> Dict[str, Any]:
-    """Process start to the first training step of a fresh `python -m src.train` (1 epoch).
-
-    No hook in the loops is needed: `log_epoch` stamps epoch 0's metrics with the wall
-    time of its call, right after the epoch, and epoch 0's `epoch_seconds` says how long
-    the epoch took, so the epoch (its first step) began at timestamp - epoch_seconds.
-    Accurate to the millisecond resolution of MLflow timestamps plus the few
-    milliseconds between the epoch's end and the `log_epoch` call.
-    """
-    from mlflow import MlflowClient
-
-    run_dir = workdir / "startup"
-    cmd = [
-        sys.executable,
-        "-m",
-        "src.train",
-        *overrides,
-        "train.epochs=1",
-        f"mlflow.experiment_name={STARTUP_EXPERIMENT}",
-        f"hydra.run.dir={run_dir}",
-    ]
-    before = time.time()
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc_start = _proc_start_wall_time(proc.pid)
-    peak = _PeakRss(proc.pid)
-    stdout, stderr = proc.communicate()
-    peak.stop()
-    ended = time.time()
-    if proc.returncode != 0:
-        tail = "\n".join((stderr or stdout).strip().splitlines()[-20:])
-        raise RuntimeError(f"startup run failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(STARTUP_EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
-    run = runs[0]
-    (point,) = client.get_metric_history(run.info.run_id, "epoch_seconds")
-    epoch_end = point.timestamp / 1000.0
-    first_step = epoch_end - point.value
-    # Every line of the job's log before the first step, with its time since start: a
-    # log line added in src/train.py (e.g. after an import) shows up here as a phase.
-    phases: Dict[str, float] = {"mlflow run start_time": run.info.start_time / 1000.0 - before}
-    for stamp, logger, message in _log_times(run_dir / "train.log"):
-        if stamp <= first_step + 0.001:
-            phases[f"log {logger}: {message[:60]}"] = stamp - before
-    return {
-        "command": " ".join(cmd),
-        "start_to_first_step_seconds": first_step - before,
-        "start_to_first_epoch_end_seconds": epoch_end - before,
-        "first_epoch_seconds": point.value,
-        "process_wall_seconds": ended - before,
-        "peak_rss_mib": peak.mib,
-        "popen_to_process_start_seconds": None if proc_start is None else proc_start - before,
-        "phases_since_start_seconds": phases,
-        "method": "parent's clock just before Popen -> (epoch 0 metric timestamp - epoch 0 epoch_seconds)",
-    }
-
-
-# --- machine -------------------------------------------------------------------------
-
-
-def machine_info() -> Dict[str, Any]:
-    import keras
-    import tensorflow as tf
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cores": len(os.sched_getaffinity(0)),
-        "cpu_count": os.cpu_count(),
-        "cpu": cpu,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "python": platform.python_version(),
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset (oneDNN on by default on x86)"),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset"),
-    }
-
-
-def _peak_rss_mib(who: int) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024.0  # KiB on Linux
-
-
 # --- the table -----------------------------------------------------------------------
 
 
 def _met(key: str, value: Optional[float]) -> Optional[bool]:
+    """Whether `value` meets its goal; None without a goal or a value."""
     if key not in GOALS or value is None:
         return None
     op, threshold, _ = GOALS[key]
@@ -486,8 +138,7 @@ def build_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     add("bound_seconds", "bound = epoch FLOPs / matmul rate", results["bound_seconds"],
         f"{results['bound_seconds']:.3f} s")
     for label, loop in loops.items():
-        label_shown = f"{label}*" if loop["jit_compile"] and not loop["xla_used"] else label
-        add(f"{label}_median_epoch_seconds", f"{label_shown}: median epoch_seconds", loop["median_epoch_seconds"],
+        add(f"{label}_median_epoch_seconds", f"{label}: median epoch_seconds", loop["median_epoch_seconds"],
             f"{loop['median_epoch_seconds']:.3f} s")
         add(f"{label}_fraction_of_bound", f"{label}: bound / epoch", loop["fraction_of_bound"],
             f"{100 * loop['fraction_of_bound']:.1f} %")
@@ -514,6 +165,7 @@ def build_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def format_report(results: Dict[str, Any]) -> str:
+    """The printed report: machine and config, then the table."""
     m = results["machine"]
     lines = [
         f"cores: {m['cores']} ({m['cpu']}); TensorFlow {m['tensorflow']}, Keras {m['keras']}, Python {m['python']}",
@@ -537,10 +189,6 @@ def format_report(results: Dict[str, Any]) -> str:
         phases = ", ".join(f"{k} {v:.2f} s" for k, v in s["phases_since_start_seconds"].items())
         lines += ["", f"start to first step: {s['method']}; since start: {phases}, first epoch ends "
                   f"{s['start_to_first_epoch_end_seconds']:.2f} s"]
-    fell_back = [label for label, loop in results["loops"].items() if loop["jit_compile"] and not loop["xla_used"]]
-    if fell_back:
-        lines += ["", f"* {', '.join(fell_back)}: ran WITHOUT XLA. Keras's compile() drops jit_compile=True "
-                  "(warning only) while op determinism is on; add train.deterministic=false to measure XLA in fit"]
     load_end = results.get("load_average_end")
     if load_end and max(results["load_average_start"][0], load_end[0]) > 0.5 * m["cores"]:
         lines += ["", f"warning: load average {results['load_average_start']} -> {load_end} on {m['cores']} cores: "
@@ -552,21 +200,18 @@ def format_report(results: Dict[str, Any]) -> str:
 
 
 def run_bench(args: argparse.Namespace, say: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Every measurement, in a temporary store, as one results dict with its table."""
     load_start = [round(v, 2) for v in os.getloadavg()]
     workdir = Path(tempfile.mkdtemp(prefix="overfit-bench-"))
     try:
         tracking_uri = args.tracking_uri or f"sqlite:///{workdir}/mlruns/mlflow.db"
         overrides = base_overrides(args, tracking_uri, str(workdir / "mlruns" / "artifacts"))
-        cfg = compose_cfg(overrides)
-        from src.config import validate
-
+        cfg = compose_config(overrides)
         validate(cfg)
         # The process-wide settings train() makes, made now so the matmul runs under them.
         from src import runtime
 
-        runtime.configure_threads(cfg.train.threads)
-        runtime.configure_devices(cfg.device, cfg.train.logical_cpus)
-        runtime.configure_determinism(cfg.train.deterministic)
+        runtime.prepare(cfg)
         machine = machine_info()
 
         batch = cfg.train.batch_size
@@ -586,7 +231,7 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None] = print) -> D
         loops: Dict[str, Dict[str, Any]] = {}
         for label, extra, warmup, epochs in variants:
             say(f"{label}: {warmup} warm-up + {epochs} measured epochs ...")
-            run_cfg = compose_cfg([*overrides, *extra, f"train.epochs={warmup + epochs}"])
+            run_cfg = compose_config([*overrides, *extra, f"train.epochs={warmup + epochs}"])
             loops[label] = measure_loop(label, run_cfg, warmup)
 
         say("matmul rate again ...")
@@ -631,7 +276,7 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None] = print) -> D
             "ratios": ratios,
             "startup": startup,
             "peak_rss_mib": {
-                "self": _peak_rss_mib(resource.RUSAGE_SELF),
+                "self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,  # KiB on Linux
                 "startup_child": startup["peak_rss_mib"] if startup else None,
             },
         }
@@ -642,12 +287,16 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None] = print) -> D
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """`python -m src.bench`: run, print the report, write the JSON."""
     args = parse_args(argv)
     if not Path(args.data).expanduser().exists():
         print(f"--data {args.data}: no such file (set --data or HIGGS_PATH)", file=sys.stderr)
         sys.exit(2)
     args.data = str(Path(args.data).expanduser().resolve())
-    results = run_bench(args, say=lambda text: print(text, file=sys.stderr, flush=True))
+    try:
+        results = run_bench(args, say=lambda text: print(text, file=sys.stderr, flush=True))
+    except JobFailed as exc:
+        sys.exit(f"bench: {exc}")
     print(format_report(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=float) + "\n")

@@ -1,19 +1,40 @@
-"""Typed config schemas (registered with Hydra) and the checks types cannot express."""
+"""Typed config schemas (registered with Hydra), the checks types cannot express, and config composition."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from src.errors import ConfigError
+from src.regularizers import REGULARIZERS, knobs_on, option_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "conf"
+# Top-level keys that do not change what a run computes: left out of its config digest.
+NON_SEMANTIC_KEYS = ("mlflow", "quiet", "resume")
 
 # Values live in conf/*.yaml; these schemas only fix names and types, so a
-# misspelled key or a wrong type fails when Hydra composes the config.
+# misspelled key, a wrong type or an unknown enum value fails when Hydra composes the config.
+
+
+class Device(str, Enum):
+    """What a run trains on: every visible GPU else the CPU (auto), the CPU, or the GPUs (an error without one)."""
+
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class Strategy(str, Enum):
+    """tf.distribute strategy: auto = MirroredStrategy over several devices, else TensorFlow's default."""
+
+    auto = "auto"
+    default = "default"
+    one_device = "one_device"
+    mirrored = "mirrored"
 
 
 @dataclass
@@ -23,27 +44,35 @@ class ModelConfig:
     activation: str = MISSING
 
 
-@dataclass
-class RegConfig:
-    name: str = MISSING
-    l2: float = MISSING
-    dropout: float = MISSING
+# One float knob per regularizer, described in src/regularizers.py; 0.0 is "off", so a knob
+# added there is off in every existing option (and in runs logged before it existed).
+RegConfig = make_dataclass(
+    "RegConfig", [("name", str, MISSING), *((knob, float, field(default=0.0)) for knob in REGULARIZERS)]
+)
 
 
 @dataclass
 class LoopConfig:
+    """What every loop option has; a loop with keys of its own subclasses it (and lists it in LOOP_SCHEMAS)."""
+
     name: str = MISSING
 
-
-@dataclass
-class FitLoopConfig(LoopConfig):
-    pass
+    def run_name_suffix(self) -> str:
+        """Appended to the run name when the loop's own keys change what it computes."""
+        return ""
 
 
 @dataclass
 class TapeLoopConfig(LoopConfig):
     include_reg_loss: bool = MISSING
     compile: bool = MISSING
+
+    def run_name_suffix(self) -> str:
+        return "" if self.include_reg_loss else "-no_reg_loss"
+
+
+# loop option -> its schema (conf/loop/<option>.yaml extends `<option>_schema`).
+LOOP_SCHEMAS: Dict[str, type] = {"fit": LoopConfig, "tape": TapeLoopConfig}
 
 
 @dataclass
@@ -61,13 +90,13 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = MISSING
-    batch_size: int = MISSING
-    learning_rate: float = MISSING
-    jit_compile: bool = MISSING
-    deterministic: bool = MISSING
-    threads: int = MISSING
-    strategy: str = MISSING
-    logical_cpus: int = MISSING
+    batch_size: int = MISSING  # rows per step; an epoch is data.n_train // batch_size steps
+    learning_rate: float = MISSING  # Adam's
+    jit_compile: bool = MISSING  # XLA, for every loop
+    deterministic: bool = MISSING  # op determinism: bit-identical reruns
+    threads: int = MISSING  # TensorFlow's intra/inter-op threads; 0 = all cores
+    strategy: Strategy = MISSING
+    logical_cpus: int = MISSING  # the CPU split into this many devices (replicas)
 
 
 @dataclass
@@ -81,12 +110,12 @@ class MlflowConfig:
 class Config:
     model: ModelConfig = MISSING
     reg: RegConfig = MISSING
-    loop: Any = MISSING  # FitLoopConfig or TapeLoopConfig, typed by the group option
+    loop: LoopConfig = MISSING  # typed by the option's own schema when composed (Hydra's schema pattern)
     data: DataConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     seed: int = MISSING
-    device: str = MISSING
+    device: Device = MISSING
     quiet: bool = MISSING
     resume: bool = MISSING
 
@@ -97,8 +126,8 @@ def register_configs() -> None:
     cs.store(name="config_schema", node=Config)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="reg", name="reg_schema", node=RegConfig)
-    cs.store(group="loop", name="fit_schema", node=FitLoopConfig)
-    cs.store(group="loop", name="tape_schema", node=TapeLoopConfig)
+    for option, schema in LOOP_SCHEMAS.items():
+        cs.store(group="loop", name=f"{option}_schema", node=schema)
     cs.store(group="data", name="data_schema", node=DataConfig)
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
@@ -106,12 +135,23 @@ def register_configs() -> None:
 
 register_configs()
 
-REG_KINDS = {  # reg option -> (uses L2, uses dropout)
-    "none": (False, False),
-    "l2": (True, False),
-    "dropout": (False, True),
-    "l2_dropout": (True, True),
-}
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The project's config composed from conf/ with these overrides, as `python -m src.train` would."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def group_options(group: str) -> List[str]:
+    """The options of a config group: the YAML files in conf/<group>/."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """The resolved config as plain Python values (enums as their names), for params, digests and YAML."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -119,7 +159,8 @@ def validate(cfg: DictConfig) -> None:
 
     def need(ok: bool, key: str, why: str) -> None:
         if not ok:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: {why}")
+            value = OmegaConf.select(cfg, key)
+            raise ConfigError(f"{key}={value.value if isinstance(value, Enum) else value}: {why}")
 
     need(cfg.train.epochs >= 1, "train.epochs", "must be at least 1")
     need(cfg.train.batch_size >= 1, "train.batch_size", "must be at least 1")
@@ -135,35 +176,26 @@ def validate(cfg: DictConfig) -> None:
     )
     need(len(cfg.model.hidden_units) >= 1, "model.hidden_units", "needs at least one layer")
     need(all(u >= 1 for u in cfg.model.hidden_units), "model.hidden_units", "units must be positive")
-    need(cfg.reg.l2 >= 0, "reg.l2", "must be 0 or positive")
-    need(0 <= cfg.reg.dropout < 1, "reg.dropout", "must be in [0, 1)")
-    need(cfg.reg.name in REG_KINDS, "reg.name", f"must be one of {sorted(REG_KINDS)}")
-    uses_l2, uses_dropout = REG_KINDS[cfg.reg.name]
-    need(
-        (cfg.reg.l2 > 0) == uses_l2,
-        "reg.l2",
-        f"contradicts reg={cfg.reg.name}; pick the reg option that matches (e.g. reg=l2 reg.l2=1e-4)",
-    )
-    need(
-        (cfg.reg.dropout > 0) == uses_dropout,
-        "reg.dropout",
-        f"contradicts reg={cfg.reg.name}; pick the reg option that matches (e.g. reg=dropout reg.dropout=0.2)",
-    )
-    need(cfg.loop.name in ("fit", "tape"), "loop.name", "must be fit or tape")
-    need(cfg.device in ("auto", "cpu", "gpu"), "device", "must be auto, cpu or gpu")
+    for knob, regularizer in REGULARIZERS.items():
+        need(regularizer.valid(cfg.reg[knob]), f"reg.{knob}", regularizer.rule)
+    named = [] if cfg.reg.name == "none" else cfg.reg.name.split("_")
+    need(all(k in REGULARIZERS for k in named), "reg.name",
+         f"must be none or knobs joined by _ ({', '.join(REGULARIZERS)})")
+    on = knobs_on(cfg.reg)
+    example = " ".join([f"reg={option_name(on)}", *(f"reg.{k}={cfg.reg[k]}" for k in on)])
+    for knob in REGULARIZERS:
+        need((knob in on) == (knob in named), f"reg.{knob}",
+             f"contradicts reg={cfg.reg.name}; pick the reg option that matches the values, e.g. {example}")
+    need(cfg.loop.name in LOOP_SCHEMAS, "loop.name", f"must be one of {', '.join(LOOP_SCHEMAS)}")
     need(
         not (cfg.train.jit_compile and cfg.train.deterministic and cfg.loop.name == "fit"),
         "train.jit_compile",
         "Keras's fit silently drops XLA while op determinism is on; also set train.deterministic=false",
     )
-    need(cfg.train.strategy in ("auto", "default", "one_device", "mirrored"), "train.strategy",
-         "must be auto, default, one_device or mirrored")
     need(cfg.train.logical_cpus >= 1, "train.logical_cpus", "must be at least 1")
 
 
 def run_name(cfg: DictConfig) -> str:
     """Readable run name, e.g. `fit-l2-large` or `tape-l2-large-no_reg_loss`."""
-    name = f"{cfg.loop.name}-{cfg.reg.name}-{cfg.model.name}"
-    if cfg.loop.name == "tape" and not cfg.loop.include_reg_loss:
-        name += "-no_reg_loss"
-    return name
+    return f"{cfg.loop.name}-{cfg.reg.name}-{cfg.model.name}" + OmegaConf.to_object(cfg.loop).run_name_suffix()
+

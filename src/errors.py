@@ -24,7 +24,43 @@ class NonFiniteLossError(UserError):
 
     def __init__(self, epoch: int, loss: float):
         self.epoch = epoch
+        self.loss = loss
         super().__init__(
             f"training diverged: loss={loss} at epoch {epoch}; "
             "lower train.learning_rate or check the data"
         )
+
+    def __reduce__(self):
+        # Rebuilt from (epoch, loss), so a parallel launcher can send it between processes.
+        return type(self), (self.epoch, self.loss)
+
+
+class JobFailed(UserError):
+    """A job of `python -m src.train` whose run ended FAILED; the message is the run's one-line error."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a run, which is now KILLED in MLflow."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        super().__init__(f"run {run_id} interrupted")
+
+    def __reduce__(self):
+        return type(self), (self.run_id,)
+
+
+def composition_error_line(exc: Exception) -> str:
+    """A Hydra composition error (bad override, unknown option) as one line that names the override."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(exc, MissingConfigException) and "/" in (exc.missing_cfg_file or ""):
+        group, _, option = exc.missing_cfg_file.rpartition("/")
+        options = [o for o in exc.options or [] if not o.endswith("_schema")]
+        return f"{group}={option}: no such option (available: {', '.join(options)})"
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse override {exc.override!r}: {text}"
+    if exc.__cause__ is not None and str(exc.__cause__).strip():
+        text += ": " + str(exc.__cause__).strip().splitlines()[0]
+    return text

@@ -1,17 +1,20 @@
-"""The two training loops: Keras `model.fit`, and a `tf.GradientTape` loop that is its twin.
+"""The training loops, one registered function each: Keras `model.fit`, and a `tf.GradientTape` loop that is its twin.
 
-Both train on the same data stream, log the same per-epoch metrics and call
-`on_epoch_end(epoch, metrics)` after every epoch, so the tracker and the
-plots never need to know which loop ran.
+Every loop trains on the same data stream, logs the same per-epoch metrics and calls each
+of `settings.on_epoch_end` with `(epoch, metrics)` after every epoch, so the tracker and
+the plots never need to know which loop ran. A new loop is one function here, decorated
+with `@loop("<option>")`, plus `conf/loop/<option>.yaml`.
 """
 
 import logging
 import math
 import time
-from typing import Callable, Dict
+from dataclasses import dataclass
+from typing import Callable, Dict, Sequence
 
 import keras
 import tensorflow as tf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from src.errors import NonFiniteLossError
@@ -23,7 +26,7 @@ epoch_log = logging.getLogger("src.epochs")
 
 EpochCallback = Callable[[int, Dict[str, float]], None]
 
-# Every epoch logs exactly these keys, for both loops.
+# Every epoch logs exactly these keys, for every loop.
 EPOCH_METRICS = (
     "loss",
     "val_loss",
@@ -34,6 +37,33 @@ EPOCH_METRICS = (
     "val_accuracy",
     "epoch_seconds",
 )
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What every loop takes besides its own config node: where it runs, how long, and who hears each epoch."""
+
+    strategy: tf.distribute.Strategy
+    epochs: int
+    steps_per_epoch: int
+    learning_rate: float
+    jit_compile: bool
+    progress: bool
+    on_epoch_end: Sequence[EpochCallback]  # called in order after every epoch
+
+
+Loop = Callable[[keras.Model, tf.data.Dataset, tf.data.Dataset, DictConfig, LoopSettings], None]
+LOOPS: Dict[str, Loop] = {}  # loop option -> its function
+
+
+def loop(option: str) -> Callable[[Loop], Loop]:
+    """Register a loop function under its `loop` option name."""
+
+    def register(function: Loop) -> Loop:
+        LOOPS[option] = function
+        return function
+
+    return register
 
 
 def make_loss() -> keras.losses.Loss:
@@ -59,7 +89,7 @@ def regularization_loss(model: keras.Model) -> float:
     return float(sum(float(loss) for loss in model.losses))
 
 
-def _finish_epoch(epoch: int, metrics: Dict[str, float], model: keras.Model, on_epoch_end: EpochCallback) -> None:
+def _finish_epoch(epoch: int, metrics: Dict[str, float], model: keras.Model, settings: LoopSettings) -> None:
     metrics["reg_loss"] = regularization_loss(model)
     epoch_log.info(
         "epoch %d: loss=%.4f val_loss=%.4f bce=%.4f val_bce=%.4f acc=%.4f val_acc=%.4f (%.2fs)",
@@ -72,7 +102,9 @@ def _finish_epoch(epoch: int, metrics: Dict[str, float], model: keras.Model, on_
         metrics["val_accuracy"],
         metrics["epoch_seconds"],
     )
-    on_epoch_end(epoch, {key: metrics[key] for key in EPOCH_METRICS})
+    logged = {key: metrics[key] for key in EPOCH_METRICS}
+    for callback in settings.on_epoch_end:
+        callback(epoch, logged)
     if not math.isfinite(metrics["loss"]):
         raise NonFiniteLossError(epoch, metrics["loss"])
 
@@ -80,9 +112,9 @@ def _finish_epoch(epoch: int, metrics: Dict[str, float], model: keras.Model, on_
 class _EpochReporter(keras.callbacks.Callback):
     """Turns `fit`'s epoch logs into the shared metric dict."""
 
-    def __init__(self, on_epoch_end: EpochCallback):
+    def __init__(self, settings: LoopSettings):
         super().__init__()
-        self._on_epoch_end = on_epoch_end
+        self._settings = settings
         self._started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -91,55 +123,35 @@ class _EpochReporter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         metrics = {key: float(value) for key, value in (logs or {}).items()}
         metrics["epoch_seconds"] = time.perf_counter() - self._started
-        _finish_epoch(epoch, metrics, self.model, self._on_epoch_end)
+        _finish_epoch(epoch, metrics, self.model, self._settings)
 
 
+@loop("fit")
 def run_fit(
-    model: keras.Model,
-    train_ds: tf.data.Dataset,
-    val_ds: tf.data.Dataset,
-    *,
-    strategy: tf.distribute.Strategy,
-    epochs: int,
-    steps_per_epoch: int,
-    learning_rate: float,
-    jit_compile: bool,
-    progress: bool,
-    on_epoch_end: EpochCallback,
+    model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, cfg: DictConfig, settings: LoopSettings
 ) -> None:
     """Keras `model.fit`, which adds `sum(model.losses)` to the objective by itself."""
-    with strategy.scope():
+    with settings.strategy.scope():
         model.compile(
-            optimizer=make_optimizer(learning_rate),
+            optimizer=make_optimizer(settings.learning_rate),
             loss=make_loss(),
             metrics=make_metrics(),
-            jit_compile=jit_compile,
+            jit_compile=settings.jit_compile,
         )
     model.fit(
         train_ds,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
+        epochs=settings.epochs,
+        steps_per_epoch=settings.steps_per_epoch,
         validation_data=val_ds,
-        callbacks=[_EpochReporter(on_epoch_end)],
-        verbose=1 if progress else 0,
+        callbacks=[_EpochReporter(settings)],
+        verbose=1 if settings.progress else 0,
         shuffle=False,  # train_ds is already shuffled with the configured seed
     )
 
 
+@loop("tape")
 def run_tape(
-    model: keras.Model,
-    train_ds: tf.data.Dataset,
-    val_ds: tf.data.Dataset,
-    *,
-    strategy: tf.distribute.Strategy,
-    epochs: int,
-    steps_per_epoch: int,
-    learning_rate: float,
-    include_reg_loss: bool,
-    compile: bool,
-    jit_compile: bool,
-    progress: bool,
-    on_epoch_end: EpochCallback,
+    model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, cfg: DictConfig, settings: LoopSettings
 ) -> None:
     """A `tf.GradientTape` loop doing what `fit` does, step for step.
 
@@ -148,10 +160,11 @@ def run_tape(
     train metrics from the training-mode forward pass before the update;
     accuracy thresholded at logit 0; and compiled with `tf.function`.
     """
+    strategy, include_reg_loss = settings.strategy, cfg.include_reg_loss
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
         per_example_loss = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
-        optimizer = make_optimizer(learning_rate)
+        optimizer = make_optimizer(settings.learning_rate)
         # Slots now, as fit does: variables created inside a distributed tf.function fail.
         optimizer.build(model.trainable_variables)
         train_loss, val_loss = keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="val_loss")
@@ -198,20 +211,21 @@ def run_tape(
 
     # Fresh functions per call: a tf.function that has created variables for one
     # model/optimizer must not be reused with another (sequential multiruns).
-    if compile:
-        distributed_train_step = tf.function(distributed_train_step, jit_compile=jit_compile, reduce_retracing=True)
-        distributed_test_step = tf.function(distributed_test_step, jit_compile=jit_compile, reduce_retracing=True)
+    if cfg.compile:
+        jit = settings.jit_compile
+        distributed_train_step = tf.function(distributed_train_step, jit_compile=jit, reduce_retracing=True)
+        distributed_test_step = tf.function(distributed_test_step, jit_compile=jit, reduce_retracing=True)
 
     # One iterator for the whole run, as fit keeps with steps_per_epoch.
     iterator = iter(strategy.experimental_distribute_dataset(train_ds))
     val_batches = strategy.experimental_distribute_dataset(val_ds)
-    bar = tqdm(total=epochs, unit="epoch", disable=not progress, desc=model.name)
+    bar = tqdm(total=settings.epochs, unit="epoch", disable=not settings.progress, desc=model.name)
     try:
-        for epoch in range(epochs):
+        for epoch in range(settings.epochs):
             started = time.perf_counter()
             for metric in (train_loss, val_loss, *train_metrics, *val_metrics):
                 metric.reset_state()
-            for _ in range(steps_per_epoch):
+            for _ in range(settings.steps_per_epoch):
                 x, y = next(iterator)
                 distributed_train_step(x, y)
             for x, y in val_batches:
@@ -223,6 +237,6 @@ def run_tape(
             metrics["epoch_seconds"] = time.perf_counter() - started
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", val_loss=f"{metrics['val_loss']:.4f}")
-            _finish_epoch(epoch, metrics, model, on_epoch_end)
+            _finish_epoch(epoch, metrics, model, settings)
     finally:
         bar.close()

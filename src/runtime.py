@@ -1,15 +1,26 @@
 """Process-wide TensorFlow settings: devices, distribution strategy, threads, determinism, seeds."""
 
 import logging
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import keras
 import tensorflow as tf
-from tensorflow.python.framework import config as tf_framework_config
+from omegaconf import DictConfig
 
+from src import compat
 from src.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+def prepare(cfg: DictConfig) -> Tuple[tf.distribute.Strategy, List[str]]:
+    """Threads, devices, strategy, determinism and seeds as `cfg` says; returns the strategy and its devices."""
+    configure_threads(cfg.train.threads)
+    devices = configure_devices(cfg.device, cfg.train.logical_cpus)
+    strategy = make_strategy(cfg.train.strategy, devices)
+    configure_determinism(cfg.train.deterministic)
+    seed_everything(cfg.seed)
+    return strategy, devices
 
 
 def configure_threads(threads: int) -> None:
@@ -67,8 +78,8 @@ def configure_determinism(deterministic: bool) -> None:
     """Op determinism makes reruns bit-identical (at a small speed cost on some ops)."""
     if deterministic:
         tf.config.experimental.enable_op_determinism()
-    elif tf_framework_config.is_op_determinism_enabled():
-        tf_framework_config.disable_op_determinism()
+    elif compat.op_determinism_enabled():
+        compat.disable_op_determinism()
 
 
 def seed_everything(seed: int) -> None:

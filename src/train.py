@@ -5,23 +5,20 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Dict, Optional, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from src import compat
 from src.config import run_name, validate
 from src.data import load_higgs
-from src.errors import UserError
-from src.tracking import (
-    config_digest,
-    ensure_store,
-    finished_run_with_digest,
-    read_parent_run_id,
-    write_job_result,
-)
+from src.errors import JobFailed, RunInterrupted, UserError, composition_error_line
+from src.store import ensure_store, finished_run_with_digest, redact_uri
+from src.sweep import JobResult, read_parent_run_id
+from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, RunResult, config_digest
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +27,15 @@ def train(
     cfg: DictConfig,
     *,
     parent_run_id: Optional[str] = None,
-    overrides: Optional[List[str]] = None,
+    overrides: Optional[Sequence[str]] = None,
     extra_tags: Optional[Dict[str, str]] = None,
-) -> Dict[str, Any]:
-    """Train one config into one MLflow run; returns its run ID, status and metric history."""
+    on_epoch_end: Sequence = (),
+) -> RunResult:
+    """Train one config into one MLflow run; `on_epoch_end` callbacks hear every epoch after it is logged.
+
+    Bad config, data or store raise a UserError before any run exists; a failure during the
+    run is returned as a FAILED RunResult; Ctrl-C or SIGTERM raises RunInterrupted.
+    """
     validate(cfg)
     cfg = _with_absolute_data_path(cfg)
     # the cheap checks first: config, then data, then the store (importing MLflow takes seconds)
@@ -41,10 +43,10 @@ def train(
     ensure_store(cfg.mlflow.tracking_uri)
     name = run_name(cfg)
     if cfg.resume:
-        done = finished_run_with_digest(cfg, config_digest(cfg))
+        done = finished_run_with_digest(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, config_digest(cfg))
         if done:
             log.info("resume: %s already FINISHED as run %s; skipped", name, done)
-            return {"status": "SKIPPED", "run_id": done, "run_name": name, "history": {}}
+            return RunResult(name, SKIPPED, done)
 
     # TensorFlow is imported only now: bad config, data or store is reported before its ~9 s import.
     import mlflow.data
@@ -54,11 +56,7 @@ def train(
     from src.models import build_model
     from src.tracking import dataset_source, tracked_run
 
-    runtime.configure_threads(cfg.train.threads)
-    devices = runtime.configure_devices(cfg.device, cfg.train.logical_cpus)
-    strategy = runtime.make_strategy(cfg.train.strategy, devices)
-    runtime.configure_determinism(cfg.train.deterministic)
-    runtime.seed_everything(cfg.seed)
+    strategy, devices = runtime.prepare(cfg)
     train_ds, val_ds = make_datasets(splits, cfg.train.batch_size, cfg.seed)
     with strategy.scope():
         model = build_model(cfg.model, cfg.reg, cfg.data.n_features)
@@ -67,37 +65,28 @@ def train(
         "training": mlflow.data.from_numpy(splits.x_train, targets=splits.y_train, source=source, name="higgs-train"),
         "validation": mlflow.data.from_numpy(splits.x_val, targets=splits.y_val, source=source, name="higgs-val"),
     }
-    common = dict(
-        strategy=strategy,
-        epochs=cfg.train.epochs,
-        steps_per_epoch=cfg.data.n_train // cfg.train.batch_size,
-        learning_rate=cfg.train.learning_rate,
-        jit_compile=cfg.train.jit_compile,
-        progress=not cfg.quiet,
-    )
     tags = {**runtime.device_tags(strategy, devices), **(extra_tags or {})}
     with tracked_run(
         cfg, run_name=name, parent_run_id=parent_run_id, overrides=overrides, datasets=datasets, extra_tags=tags
     ) as run:
         log.info("run %s: %s", run.run_id, name)
-        if cfg.loop.name == "fit":
-            loops.run_fit(model, train_ds, val_ds, on_epoch_end=run.log_epoch, **common)
-        else:
-            loops.run_tape(
-                model,
-                train_ds,
-                val_ds,
-                include_reg_loss=cfg.loop.include_reg_loss,
-                compile=cfg.loop.compile,
-                on_epoch_end=run.log_epoch,
-                **common,
-            )
-        figures = plots.run_figures(run.history, name)
+        settings = loops.LoopSettings(
+            strategy=strategy,
+            epochs=cfg.train.epochs,
+            steps_per_epoch=cfg.data.n_train // cfg.train.batch_size,
+            learning_rate=cfg.train.learning_rate,
+            jit_compile=cfg.train.jit_compile,
+            progress=not cfg.quiet,
+            on_epoch_end=(run.log_epoch, *on_epoch_end),
+        )
+        loops.LOOPS[cfg.loop.name](model, train_ds, val_ds, cfg.loop, settings)
+        figures = plots.run_figures(run.result.history, name)
         for artifact_file, figure in figures.items():
             run.log_figure(figure, artifact_file)
         plots.close(figures)
-    log.info("%s FINISHED. %s", name, run.ui_hint())
-    return {"status": "FINISHED", "run_id": run.run_id, "run_name": name, "history": run.history}
+    if run.result.status == FINISHED:
+        log.info("%s FINISHED. %s", name, run.ui_hint())
+    return run.result
 
 
 def _with_absolute_data_path(cfg: DictConfig) -> DictConfig:
@@ -120,78 +109,40 @@ def _job_threads(cfg: DictConfig, hydra_cfg) -> int:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: one job of a run or a sweep."""
+    """Hydra entry point: one job of a run or a sweep; its outcome is left in job_result.json."""
     # SIGTERM ends the run like Ctrl-C: KILLED in MLflow, never left RUNNING.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     output_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
-    parent_run_id = read_parent_run_id(Path(hydra_cfg.sweep.dir)) if multirun else None
     cfg.train.threads = _job_threads(cfg, hydra_cfg)
-    result: Dict[str, Any] = {
-        "job": hydra_cfg.job.num if multirun else 0,
-        "status": "RUNNING",
-        "run_name": run_name(cfg),
-        "overrides": overrides,
-    }
-    write_job_result(output_dir, result)
+    job = JobResult(job=hydra_cfg.job.num if multirun else 0, run_name=run_name(cfg),
+                    overrides=[redact_uri(o) for o in overrides])
+    job.write(output_dir)
     try:
-        outcome = train(cfg, parent_run_id=parent_run_id, overrides=overrides)
-        result.update(status=outcome["status"], run_id=outcome["run_id"], run_name=outcome["run_name"])
-    except KeyboardInterrupt as exc:
-        result.update(status="KILLED", error="interrupted", run_id=getattr(exc, "mlflow_run_id", None))
+        parent_run_id = read_parent_run_id(Path(hydra_cfg.sweep.dir)) if multirun else None
+        result = train(cfg, parent_run_id=parent_run_id, overrides=overrides)
+        job.status, job.run_id, job.run_name, job.error = result.status, result.run_id, result.run_name, result.error
+    except RunInterrupted as exc:
+        job.status, job.run_id, job.error = KILLED, exc.run_id, "interrupted"
+        raise
+    except KeyboardInterrupt:
+        job.status, job.error = KILLED, "interrupted"
         raise
     except Exception as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        result.update(status="FAILED", error=first_line, run_id=getattr(exc, "mlflow_run_id", None))
+        job.status, job.error = FAILED, (str(exc).splitlines() or [type(exc).__name__])[0]
         if not isinstance(exc, UserError):
             log.exception("job failed")
         raise
     finally:
-        write_job_result(output_dir, result)
-
-
-def _one_line(exc: Exception) -> str:
-    """A Hydra composition error as one line that names the override."""
-    from hydra.errors import MissingConfigException, OverrideParseException
-
-    if isinstance(exc, MissingConfigException) and "/" in (exc.missing_cfg_file or ""):
-        group, _, option = exc.missing_cfg_file.rpartition("/")
-        options = [o for o in exc.options or [] if not o.endswith("_schema")]
-        return f"{group}={option}: no such option (available: {', '.join(options)})"
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
-    if isinstance(exc, OverrideParseException):
-        return f"cannot parse override {exc.override!r}: {text}"
-    if exc.__cause__ is not None and str(exc.__cause__).strip():
-        text += ": " + str(exc.__cause__).strip().splitlines()[0]
-    return text
-
-
-def _one_line_config_errors() -> None:
-    """Make Hydra print a bad override as one line (it prints several: option lists, full_key, hints)."""
-    import hydra._internal.utils as hydra_utils  # hydra-core 1.3: _run_hydra calls this module global
-    from hydra.errors import ConfigCompositionException, OverrideParseException
-
-    report = hydra_utils.run_and_report
-
-    def run_and_report(func):
-        def condensed():
-            try:
-                return func()
-            except (ConfigCompositionException, OverrideParseException) as exc:
-                if os.environ.get("HYDRA_FULL_ERROR"):
-                    raise
-                print(_one_line(exc), file=sys.stderr)
-                sys.exit(1)
-
-        return report(condensed)
-
-    hydra_utils.run_and_report = run_and_report
+        job.write(output_dir)
+    if job.status == FAILED:
+        raise JobFailed(job.error)  # Hydra prints it as one line; a sweep's summary names the run
 
 
 if __name__ == "__main__":
-    _one_line_config_errors()
+    compat.one_line_config_errors(composition_error_line)
     try:
         main()
     except KeyboardInterrupt:

@@ -1,0 +1,62 @@
+"""Every private TensorFlow, MLflow and Hydra call of the project, each behind one function.
+
+Each has a test in tests/test_compat.py that fails loudly when an upgrade moves or removes it.
+Imports happen inside the functions: importing this module costs nothing.
+"""
+
+import os
+import sys
+from typing import Any, Callable
+
+
+def op_determinism_enabled() -> bool:
+    """Whether `tf.config.experimental.enable_op_determinism()` is in force (TF has no public getter)."""
+    from tensorflow.python.framework import config as tf_framework_config
+
+    return tf_framework_config.is_op_determinism_enabled()
+
+
+def disable_op_determinism() -> None:
+    """Undo `enable_op_determinism()` for the rest of the process (TF has no public call for it)."""
+    from tensorflow.python.framework import config as tf_framework_config
+
+    tf_framework_config.disable_op_determinism()
+
+
+def dataset_entity(dataset) -> Any:
+    """An `mlflow.data` dataset as the entity `MlflowClient.log_inputs` takes (the fluent API does this privately)."""
+    return dataset._to_mlflow_entity()
+
+
+def local_dataset_source(path: str) -> Any:
+    """MLflow's local-file dataset source; MLflow registers that class twice and warns when it must guess."""
+    from mlflow.data.dataset_source_registry import get_registered_sources
+
+    local = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
+    return local(path)
+
+
+def one_line_config_errors(one_line: Callable[[Exception], str]) -> None:
+    """Make Hydra print a bad override as `one_line(exc)` (it prints several lines: option lists, hints).
+
+    hydra-core 1.3's `_run_hydra` calls the module global `run_and_report`; there is no
+    public hook for how a composition error is printed. HYDRA_FULL_ERROR=1 keeps Hydra's output.
+    """
+    import hydra._internal.utils as hydra_utils
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    report = hydra_utils.run_and_report
+
+    def run_and_report(func):
+        def condensed():
+            try:
+                return func()
+            except (ConfigCompositionException, OverrideParseException) as exc:
+                if os.environ.get("HYDRA_FULL_ERROR"):
+                    raise
+                print(one_line(exc), file=sys.stderr)
+                sys.exit(1)
+
+        return report(condensed)
+
+    hydra_utils.run_and_report = run_and_report

@@ -1,0 +1,175 @@
+"""The MLflow store, read side: check or open a store, find runs, read metric histories; the shared tag names.
+
+Every command that reads runs (compare, reproduce, any later one) goes through here;
+writing a run is `src/tracking.py`, a sweep's parent run is `src/sweep.py`.
+"""
+
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Dict, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from src.config import CONFIG_DIR
+from src.errors import TrackingError
+
+# Tags and artifacts every run of this project carries, by name.
+PARENT_TAG = "mlflow.parentRunId"
+SWEEP_TAG = "sweep"  # "true" on a sweep's parent run
+SWEEP_OVERRIDES_TAG = "sweep_overrides"
+DIGEST_TAG = "config_digest"
+CONFIG_ARTIFACT = "config.yaml"
+OVERRIDES_ARTIFACT = "overrides.yaml"
+SWEEP_FILTER = f"tags.{SWEEP_TAG} = 'true'"
+# URI schemes MLflow tracks to (a driver may follow a `+`, as in postgresql+psycopg2)
+TRACKING_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
+
+Histories = Dict[str, Dict[int, float]]  # metric -> step -> value
+
+
+def redact_uri(text: str) -> str:
+    """Hide the password of every `scheme://user:password@host` in `text`."""
+    return re.sub(r"(//[^/:@\s]+):[^/@\s]*@", r"\1:***@", text)
+
+
+def is_sweep_parent(run) -> bool:
+    return run.data.tags.get(SWEEP_TAG) == "true"
+
+
+def client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def ensure_store(tracking_uri: str) -> None:
+    """Create or migrate the store (or reach the server), or say in one line why it cannot be used."""
+    scheme = urllib.parse.urlparse(tracking_uri).scheme
+    if len(scheme) > 1 and scheme.split("+")[0] not in TRACKING_SCHEMES:  # len 1: a Windows drive letter
+        raise TrackingError(
+            f"mlflow.tracking_uri={redact_uri(tracking_uri)}: unsupported scheme {scheme!r}; "
+            "use sqlite:///<path>/mlflow.db, http(s)://<host>:<port> or a local folder"
+        )
+    if tracking_uri.startswith(("http://", "https://")):
+        health = tracking_uri.rstrip("/") + "/health"
+        try:
+            urllib.request.urlopen(health, timeout=5).close()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"mlflow.tracking_uri: no MLflow server at {redact_uri(tracking_uri)} ({reason}); "
+                "start one with `make server` or fix the URI"
+            ) from None
+        return
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///") :])
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"mlflow.tracking_uri: cannot create {db.parent}: {exc.strerror}") from None
+        if db.exists() and not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK):
+            raise TrackingError(f"mlflow.tracking_uri: {db} is not writable")
+    from mlflow.exceptions import MlflowException  # only now: importing MLflow takes seconds
+
+    try:
+        client(tracking_uri).search_experiments(max_results=1)
+    except MlflowException as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"mlflow.tracking_uri={redact_uri(tracking_uri)}: {first_line}") from None
+    except Exception as exc:  # SQLAlchemy and friends raise their own types for bad URIs
+        raise TrackingError(f"mlflow.tracking_uri={redact_uri(tracking_uri)}: {type(exc).__name__}: {exc}") from None
+
+
+def experiment_id(tracking_uri: str, name: str, artifact_location: Optional[str]) -> str:
+    """The experiment's ID, creating it (with its artifact location) on first use."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(tracking_uri)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    remote = tracking_uri.startswith(("http://", "https://"))
+    location = None if remote or artifact_location is None else Path(artifact_location).as_uri()
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # another process created it between our lookup and our create
+        experiment = mlflow_client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def project_mlflow_defaults() -> DictConfig:
+    """The `mlflow` section of conf/config.yaml, resolved (the project's store and experiment)."""
+    return OmegaConf.create(OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "config.yaml").mlflow, resolve=True))
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the project's store from conf/config.yaml."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or project_mlflow_defaults().tracking_uri
+
+
+def open_store(tracking_uri: str):
+    """A client of an existing store; a missing local database is an error, not a new empty store."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///") :])
+        if not db.exists():
+            raise TrackingError(f"--tracking-uri: no MLflow store at {db}")
+    ensure_store(tracking_uri)
+    return client(tracking_uri)
+
+
+def get_run(mlflow_client, run_id: str, tracking_uri: str):
+    """The run, or a one-line error naming the ID and the store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client.get_run(run_id)
+    except MlflowException as exc:
+        reason = "no such run" if exc.error_code == "RESOURCE_DOES_NOT_EXIST" else str(exc).splitlines()[0]
+        raise TrackingError(f"run {run_id}: {reason} in {redact_uri(tracking_uri)}") from None
+
+
+def sweep_children(mlflow_client, parent) -> list:
+    """A sweep parent's child runs, oldest first."""
+    runs, token = [], None
+    while True:
+        page = mlflow_client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def metric_histories(mlflow_client, run, keys=None) -> Histories:
+    """Each metric of a run (all, or `keys`) as step -> value; a step logged twice keeps its latest value."""
+    histories: Histories = {}
+    for key in run.data.metrics if keys is None else keys:
+        points = sorted(mlflow_client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp))
+        histories[key] = {m.step: m.value for m in points}
+    return histories
+
+
+def finished_run_with_digest(tracking_uri: str, experiment_name: str, digest: str) -> Optional[str]:
+    """The ID of a FINISHED run of the experiment with this config digest, if any (resume)."""
+    mlflow_client = client(tracking_uri)
+    experiment = mlflow_client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    runs = mlflow_client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.{DIGEST_TAG} = '{digest}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None

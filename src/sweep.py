@@ -1,0 +1,147 @@
+"""Sweeps: the one way a parent run is made, the Hydra callback that gives a multirun one, and job results."""
+
+import atexit
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from src.errors import TrackingError
+from src.store import SWEEP_OVERRIDES_TAG, SWEEP_TAG, client, ensure_store, experiment_id, redact_uri
+from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, git_state, signals_blocked
+
+PARENT_RUN_FILE = "mlflow_parent_run.json"
+JOB_RESULT_FILE = "job_result.json"
+RUNNING = "RUNNING"
+
+
+@dataclass
+class JobResult:
+    """One job's outcome, left beside its log as job_result.json for the sweep's summary."""
+
+    job: int
+    run_name: str
+    overrides: List[str] = field(default_factory=list)
+    status: str = RUNNING
+    run_id: Optional[str] = None
+    error: Optional[str] = None
+
+    def write(self, output_dir: Path) -> None:
+        (output_dir / JOB_RESULT_FILE).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def read_all(cls, sweep_dir: Path) -> List["JobResult"]:
+        """Every job result under a sweep folder, in job order."""
+        results = [cls(**json.loads(p.read_text())) for p in sweep_dir.glob(f"*/{JOB_RESULT_FILE}")]
+        return sorted(results, key=lambda r: r.job)
+
+
+def create_parent_run(
+    tracking_uri: str, exp_id: str, *, name: str, overrides: Sequence[str], tags: Optional[Dict[str, str]] = None
+) -> str:
+    """A sweep's parent run, tagged sweep=true with its overrides (passwords masked); returns its ID."""
+    all_tags = {
+        SWEEP_TAG: "true",
+        SWEEP_OVERRIDES_TAG: redact_uri(" ".join(overrides))[:5000],
+        **git_state(),
+        **(tags or {}),
+    }
+    return client(tracking_uri).create_run(exp_id, run_name=name[:250], tags=all_tags).info.run_id
+
+
+def end_parent_run(tracking_uri: str, run_id: str, status: str) -> None:
+    """Mark a parent run ended, holding Ctrl-C until it is written."""
+    with signals_blocked():
+        client(tracking_uri).set_terminated(run_id, status)
+
+
+def sweep_status(statuses: Sequence[str], completed: bool) -> str:
+    """A parent's end state: KILLED if a job was, FINISHED only if the sweep completed and every job finished."""
+    if KILLED in statuses or RUNNING in statuses:
+        return KILLED
+    if completed and all(s in (FINISHED, SKIPPED) for s in statuses):
+        return FINISHED
+    return FAILED
+
+
+def read_parent_run_id(sweep_dir: Path) -> Optional[str]:
+    path = sweep_dir / PARENT_RUN_FILE
+    return json.loads(path.read_text())["run_id"] if path.exists() else None
+
+
+class HydraMlflowCallback(Callback):
+    """Prepares the store before jobs start; gives a multirun one parent run."""
+
+    def __init__(self) -> None:
+        self._sweep: Optional[_SweepParent] = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # (A single run needs nothing here: train() checks the config, the data, then the store.)
+        try:
+            ensure_store(config.mlflow.tracking_uri)
+        except TrackingError as exc:
+            # raised, Hydra would only warn and start every job against a broken store
+            print(exc, file=sys.stderr)
+            sys.exit(1)
+        self._sweep = _SweepParent.start(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._sweep is not None:
+            self._sweep.finish(completed=True)
+
+
+@dataclass
+class _SweepParent:
+    """The parent run of a multirun; ended at the end, or at exit if a job failed."""
+
+    tracking_uri: str
+    run_id: str
+    sweep_dir: Path
+    finished: bool = False
+
+    @classmethod
+    def start(cls, config: DictConfig) -> "_SweepParent":
+        hydra_cfg = config.hydra  # HydraConfig is not set yet when multirun starts
+        sweep_dir = Path(hydra_cfg.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        uri = config.mlflow.tracking_uri
+        exp_id = experiment_id(uri, config.mlflow.experiment_name, config.mlflow.artifact_location)
+        overrides = list(hydra_cfg.overrides.task)
+        shown = [o for o in overrides if not o.lstrip("+~").startswith(("mlflow.", "hydra"))]
+        run_id = create_parent_run(
+            uri, exp_id, name=f"sweep {' '.join(shown)}", overrides=overrides, tags={"sweep_dir": str(sweep_dir)}
+        )
+        (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": redact_uri(uri)}))
+        parent = cls(uri, run_id, sweep_dir)
+        atexit.register(parent.finish, completed=False)  # on_multirun_end is skipped when a job fails
+        print(f"sweep parent run {run_id}", file=sys.stderr)
+        return parent
+
+    def finish(self, completed: bool) -> None:
+        """End the parent run from its jobs' results, and print the sweep's summary."""
+        if self.finished:
+            return
+        self.finished = True
+        results = JobResult.read_all(self.sweep_dir)
+        status = sweep_status([r.status for r in results], completed)
+        end_parent_run(self.tracking_uri, self.run_id, status)
+        print(summary(results, self.run_id, status), file=sys.stderr)
+
+
+def summary(results: Sequence[JobResult], parent_run_id: str, status: str) -> str:
+    """A short table of the sweep's jobs: name, status, run ID, error."""
+    counts: Dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    head = f"sweep {parent_run_id} {status}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    lines = [head]
+    for r in results:
+        line = f"  job {r.job:>3}  {r.status:<8}  {r.run_name or '-':<32}  {r.run_id or '-'}"
+        if r.error:
+            line += f"  {r.error}"
+        lines.append(line)
+    return "\n".join(lines)
