@@ -8,6 +8,8 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 from src import bench
 from src.config import PROJECT_ROOT
 
@@ -65,6 +67,12 @@ def test_bench_runs_and_writes_the_table_as_json(higgs_file, tmp_path, capsys):
     for label, loop in loops.items():
         n_epochs = 1 if label == "tape_eager" else 3
         assert len(loop["epoch_seconds"]) == n_epochs and len(loop["log_epoch_seconds"]) == n_epochs, label
+        # CPU time per epoch comes from the marks at the end of consecutive epochs: the
+        # measured epochs after the first (which has no start mark)
+        assert len(loop["cores_busy"]) == n_epochs - max(1, loop["warmup_epochs"]), label
+        assert all(0 < busy < 2 * machine["cores"] for busy in loop["cores_busy"]), loop["cores_busy"]  # CPU s / wall s
+        assert (loop["median_cores_busy"] is None) == (not loop["cores_busy"])
+        assert "xla_used" not in loop
         measured = loop["epoch_seconds"][loop["warmup_epochs"]:]
         assert loop["median_epoch_seconds"] in measured or min(measured) <= loop["median_epoch_seconds"] <= max(measured)
         assert 0 < loop["median_epoch_seconds"] < 60
@@ -90,3 +98,25 @@ def test_bench_runs_and_writes_the_table_as_json(higgs_file, tmp_path, capsys):
     assert rows["tape_over_fit"]["met"] == (data["ratios"]["tape_over_fit"] <= 1.0)
     for key in ("matmul_gflop_per_s", "bound_seconds", "peak_rss_mib", "tape_eager_median_epoch_seconds"):
         assert key in rows and rows[key]["met"] is None, key
+
+
+def test_a_run_that_does_not_finish_stops_the_bench_with_one_line(higgs_file, capsys):
+    # lr=1e6 makes the large model's loss NaN in its first epoch: the run ends FAILED
+    with pytest.raises(SystemExit) as stopped:
+        bench.main([
+            "--model", "large",
+            "--epochs", "1",
+            "--warmup", "0",
+            "--no-include-eager",
+            "--no-startup",
+            "--matmul-repeats", "1",
+            "--matmul-seconds", "0.01",
+            "--data", str(higgs_file),
+            "--n-train", "2000",
+            "data.n_validation=500",
+            "train.learning_rate=1e6",
+        ])
+    message = stopped.value.code
+    assert isinstance(message, str) and "\n" not in message, message
+    assert message.startswith("bench: fit: run fit-none-large ended FAILED: ") and "diverged" in message, message
+    assert "cores: " not in capsys.readouterr().out  # no report for a half-run bench
