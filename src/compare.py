@@ -11,19 +11,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from src.config import PROJECT_ROOT
 from src.errors import UserError
-from src.store import (
-    PARENT_TAG,
-    SWEEP_FILTER,
-    SWEEP_OVERRIDES_TAG,
-    default_tracking_uri,
-    get_run,
-    is_sweep_parent,
-    metric_histories,
-    open_store,
-    project_mlflow_defaults,
-    redact_uri,
-    sweep_children,
-)
+from src import store
 from src.report import Group, History, RunData, format_table, group_runs, table_rows
 
 # The histories the figures and the table need (epoch_seconds and reg_loss are not plotted).
@@ -42,10 +30,10 @@ def latest_sweeps(client, experiment_name: str, tracking_uri: str, count: int = 
     """The `count` most recently started runs tagged sweep=true in the experiment, oldest first."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        raise CompareError(f"--experiment {experiment_name}: no such experiment in {redact_uri(tracking_uri)}")
+        raise CompareError(f"--experiment {experiment_name}: no such experiment in {store.redact_uri(tracking_uri)}")
     runs = client.search_runs(
         [experiment.experiment_id],
-        filter_string=SWEEP_FILTER,
+        filter_string=store.SWEEP_FILTER,
         order_by=["attributes.start_time DESC"],
         max_results=count,
     )
@@ -63,14 +51,14 @@ def select_runs(
     if not run_ids:
         given = latest_sweeps(client, experiment_name, tracking_uri, latest)
     else:
-        given = [get_run(client, run_id, tracking_uri) for run_id in dict.fromkeys(run_ids)]
-    parents = [r for r in given if is_sweep_parent(r)]
+        given = [store.get_run(client, run_id, tracking_uri) for run_id in dict.fromkeys(run_ids)]
+    parents = [r for r in given if store.is_sweep_parent(r)]
     runs = []
     for run in given:
-        if not is_sweep_parent(run):
+        if not store.is_sweep_parent(run):
             runs.append(run)
             continue
-        children = sweep_children(client, run)
+        children = store.sweep_children(client, run)
         finished = [c for c in children if c.info.status == "FINISHED"]
         for child in children:
             if child.info.status != "FINISHED":
@@ -85,7 +73,7 @@ def select_runs(
 
 def load_run(client, run) -> RunData:
     """A run's params and per-epoch histories of METRICS (a step logged twice keeps its last value)."""
-    by_step = metric_histories(client, run, METRICS)
+    by_step = store.metric_histories(client, run, METRICS)
     history: History = {key: [steps[s] for s in sorted(steps)] for key, steps in by_step.items()}
     if not history["val_binary_crossentropy"]:
         raise CompareError(
@@ -116,7 +104,7 @@ def write_figures(groups: Sequence[Group], out_dir: Path, title: str) -> List[Pa
 
 def _sweep_title(parent) -> str:
     """`sweep reg=none,l2 loop=fit,tape`: the swept overrides only, not the fixed ones."""
-    overrides = parent.data.tags.get(SWEEP_OVERRIDES_TAG, "").split()
+    overrides = parent.data.tags.get(store.SWEEP_OVERRIDES_TAG, "").split()
     swept = [o for o in overrides if "," in o.split("=", 1)[-1]]
     return f"sweep {' '.join(swept) or parent.info.run_id}"
 
@@ -129,7 +117,7 @@ def _slug(text: str) -> str:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    defaults = project_mlflow_defaults()
+    defaults = store.project_mlflow_defaults()
     parser = argparse.ArgumentParser(
         prog="python -m src.compare",
         description=(
@@ -202,9 +190,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    tracking_uri = args.tracking_uri or default_tracking_uri()
+    tracking_uri = args.tracking_uri or store.default_tracking_uri()
     try:
-        client = open_store(tracking_uri)
+        client = store.open_store(tracking_uri)
         selected, parents, parent = select_runs(client, tracking_uri, args.run_ids, args.experiment, args.latest or 1)
         runs = [load_run(client, run) for run in selected]
     except UserError as exc:
@@ -213,7 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     groups = group_runs(runs)
     rows = table_rows(groups)
     log_on = parent.info.run_id if parent else None
-    loose = len(selected) - sum(1 for r in selected if r.data.tags.get(PARENT_TAG) in {p.info.run_id for p in parents})
+    loose = len(selected) - sum(1 for r in selected if r.data.tags.get(store.PARENT_TAG) in {p.info.run_id for p in parents})
     title = " + ".join([_sweep_title(p) for p in parents] + ([f"{loose} runs"] if loose else []))
     if args.out:
         out = args.out
@@ -223,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         digest = hashlib.sha256(" ".join(r.run_id for r in runs).encode()).hexdigest()[:12]
         out = PROJECT_ROOT / "reports" / f"runs-{digest}"
     table = format_table(rows)
-    report = json.dumps({"tracking_uri": redact_uri(tracking_uri), "sweep_run_id": log_on, "groups": rows}, indent=2)
+    report = json.dumps({"tracking_uri": store.redact_uri(tracking_uri), "sweep_run_id": log_on, "groups": rows}, indent=2)
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "table.txt").write_text(table)
