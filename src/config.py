@@ -162,6 +162,7 @@ def validate(cfg: DictConfig) -> None:
             value = OmegaConf.select(cfg, key)
             raise ConfigError(f"{key}={value.value if isinstance(value, Enum) else value}: {why}")
 
+    need(0 <= cfg.seed < 2**32, "seed", "must be in [0, 2**32)")
     need(cfg.train.epochs >= 1, "train.epochs", "must be at least 1")
     need(cfg.train.batch_size >= 1, "train.batch_size", "must be at least 1")
     need(cfg.train.learning_rate > 0, "train.learning_rate", "must be positive")

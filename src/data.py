@@ -35,6 +35,13 @@ class HiggsSplits:
     y_train: np.ndarray
     source: str  # absolute path or URL the rows came from
 
+    def digest(self) -> str:
+        """sha256 over every value of both splits (MLflow's dataset digest samples only the first 10,000)."""
+        sha = hashlib.sha256()
+        for array in (self.x_val, self.y_val, self.x_train, self.y_train):
+            sha.update(np.ascontiguousarray(array).data)
+        return sha.hexdigest()
+
 
 def parse_rows(lines: Iterable[str], n_rows: int, n_features: int, name: str) -> np.ndarray:
     """Parse up to `n_rows` UCI-layout lines into a (rows, 1 + n_features) float32 array.

@@ -4,13 +4,16 @@ Every command that reads runs (compare, reproduce, any later one) goes through h
 writing a run is `src/tracking.py`, a sweep's parent run is `src/sweep.py`.
 """
 
+import fcntl
 import os
 import re
+import sqlite3
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,6 +25,7 @@ PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "sweep"  # "true" on a sweep's parent run
 SWEEP_OVERRIDES_TAG = "sweep_overrides"
 DIGEST_TAG = "config_digest"
+DATA_DIGEST_TAG = "data_sha256"  # every value of the training and validation rows
 CONFIG_ARTIFACT = "config.yaml"
 OVERRIDES_ARTIFACT = "overrides.yaml"
 SWEEP_FILTER = f"tags.{SWEEP_TAG} = 'true'"
@@ -65,8 +69,8 @@ def ensure_store(tracking_uri: str) -> None:
                 "start one with `make server` or fix the URI"
             ) from None
         return
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///") :])
+    db = Path(tracking_uri[len("sqlite:///") :]) if tracking_uri.startswith("sqlite:///") else None
+    if db is not None:
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -76,12 +80,47 @@ def ensure_store(tracking_uri: str) -> None:
     from mlflow.exceptions import MlflowException  # only now: importing MLflow takes seconds
 
     try:
-        client(tracking_uri).search_experiments(max_results=1)
+        with _creation_lock(db):
+            if db is not None:
+                _refuse_half_migrated(db)
+            client(tracking_uri).search_experiments(max_results=1)  # creates or migrates the store
+    except TrackingError:
+        raise
     except MlflowException as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(f"mlflow.tracking_uri={redact_uri(tracking_uri)}: {first_line}") from None
     except Exception as exc:  # SQLAlchemy and friends raise their own types for bad URIs
         raise TrackingError(f"mlflow.tracking_uri={redact_uri(tracking_uri)}: {type(exc).__name__}: {exc}") from None
+
+
+@contextmanager
+def _creation_lock(db: Optional[Path]) -> Iterator[None]:
+    """An exclusive lock beside a SQLite store while MLflow opens it: its first open creates and migrates
+    the tables without a lock, and concurrent first opens corrupt the store."""
+    if db is None:
+        yield
+        return
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _refuse_half_migrated(db: Path) -> None:
+    """A store an interrupted migration left with Alembic's temporary tables fails every later run: say so."""
+    if not db.exists():
+        return
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+            leftovers = [row[0] for row in connection.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '\\_alembic\\_tmp\\_%' ESCAPE '\\'"
+            )]
+    except sqlite3.DatabaseError as exc:
+        raise TrackingError(f"mlflow.tracking_uri: {db} is not a readable SQLite store ({exc})") from None
+    if leftovers:
+        raise TrackingError(
+            f"mlflow.tracking_uri: {db} was left half-migrated by an interrupted MLflow upgrade (leftover table "
+            f"{leftovers[0]}); back the file up, then `sqlite3 {db} 'DROP TABLE {leftovers[0]}'` and run again"
+        )
 
 
 def experiment_id(tracking_uri: str, name: str, artifact_location: Optional[str]) -> str:

@@ -16,7 +16,7 @@ from src import compat
 from src.config import run_name, validate
 from src.data import load_higgs
 from src.errors import JobFailed, RunInterrupted, UserError, composition_error_line
-from src.store import ensure_store, finished_run_with_digest, redact_uri
+from src.store import DATA_DIGEST_TAG, ensure_store, finished_run_with_digest, redact_uri
 from src.sweep import JobResult, read_parent_run_id
 from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, RunResult, config_digest
 
@@ -65,7 +65,7 @@ def train(
         "training": mlflow.data.from_numpy(splits.x_train, targets=splits.y_train, source=source, name="higgs-train"),
         "validation": mlflow.data.from_numpy(splits.x_val, targets=splits.y_val, source=source, name="higgs-val"),
     }
-    tags = {**runtime.device_tags(strategy, devices), **(extra_tags or {})}
+    tags = {DATA_DIGEST_TAG: splits.digest(), **runtime.device_tags(strategy, devices), **(extra_tags or {})}
     with tracked_run(
         cfg, run_name=name, parent_run_id=parent_run_id, overrides=overrides, datasets=datasets, extra_tags=tags
     ) as run:

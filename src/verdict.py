@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig
 
-from src.store import CONFIG_ARTIFACT, DIGEST_TAG, Histories
+from src.store import CONFIG_ARTIFACT, DATA_DIGEST_TAG, DIGEST_TAG, Histories
 from src.tracking import config_digest, git_state
 
 # Wall-clock time is never reproducible; every other logged metric must be.
@@ -171,6 +171,9 @@ def dataset_warnings(original, reproduced) -> List[str]:
             found[context] = item.dataset.digest
         return found
 
+    full_then, full_now = original.data.tags.get(DATA_DIGEST_TAG), reproduced.data.tags.get(DATA_DIGEST_TAG)
+    if full_then and full_then != full_now:
+        return [f"data digest differs: original {full_then[:16]}, now {(full_now or 'none')[:16]}: the data changed"]
     then, now = digests(original), digests(reproduced)
     if not then:
         return ["the original run logged no datasets: cannot check that the data is the same"]
