@@ -4,3 +4,7 @@ import os
 
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notices) buries the job log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# MLflow's HTTP client retries a dead server 7 times with doubling waits (minutes, with Ctrl-C
+# held while a run is being closed); runs wait out store trouble themselves (mlflow.retry_seconds).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")

@@ -104,6 +104,7 @@ class MlflowConfig:
     tracking_uri: str = MISSING
     experiment_name: str = MISSING
     artifact_location: Optional[str] = MISSING
+    retry_seconds: float = MISSING
 
 
 @dataclass
@@ -194,6 +195,7 @@ def validate(cfg: DictConfig) -> None:
         "Keras's fit silently drops XLA while op determinism is on; also set train.deterministic=false",
     )
     need(cfg.train.logical_cpus >= 1, "train.logical_cpus", "must be at least 1")
+    need(cfg.mlflow.retry_seconds >= 0, "mlflow.retry_seconds", "must be 0 (no retry) or positive")
 
 
 def run_name(cfg: DictConfig) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from src.config import compose_config
+from src.config import NON_SEMANTIC_KEYS, compose_config
 from src.errors import UserError
 from src.store import (
     CONFIG_ARTIFACT,
@@ -96,7 +96,11 @@ def rebuild_config(logged: DictConfig) -> Tuple[DictConfig, Dict[str, Any], Dict
     for key, value in logged_leaves.items():
         if key not in dropped:
             OmegaConf.update(cfg, key, value, merge=False)  # the schema checks the type, as at compose time
-    return cfg, filled, dropped
+
+    def computes(key: str) -> bool:  # tracking settings and the like change no number: not worth a warning
+        return key.split(".")[0] not in NON_SEMANTIC_KEYS
+
+    return cfg, {k: v for k, v in filled.items() if computes(k)}, {k: v for k, v in dropped.items() if computes(k)}
 
 
 def _leaves(node: Any, prefix: str = "") -> Dict[str, Any]:

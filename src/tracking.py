@@ -8,16 +8,16 @@ import subprocess
 import sys
 import time
 import traceback
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from src import compat
 from src.config import NON_SEMANTIC_KEYS, PROJECT_ROOT, to_plain
-from src.errors import NonFiniteLossError, RunInterrupted, UserError
+from src.errors import NonFiniteLossError, RunInterrupted, TrackingError, UserError
 from src.store import (
     CONFIG_ARTIFACT,
     DIGEST_TAG,
@@ -27,6 +27,7 @@ from src.store import (
     experiment_id,
     redact_uri,
 )
+from src.writer import MetricWriter, StoreWriteError, store_error_line
 
 log = logging.getLogger(__name__)
 
@@ -113,34 +114,21 @@ class TrackedRun:
     run_id: str
     experiment_id: str
     run_name: str
+    writer: MetricWriter
     result: RunResult = None
     client: Any = None
-    # One background writer: an epoch's sqlite write (~10 ms) overlaps the next
-    # epoch instead of adding to it; writes stay in order.
-    _writer: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=1))
-    _pending: List[Future] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.client = client(self.tracking_uri)
         self.result = RunResult(self.run_name, FAILED, self.run_id)
 
     def log_epoch(self, epoch: int, metrics: Dict[str, float]) -> None:
-        """All of one epoch's metrics in a single call, step = epoch index."""
-        from mlflow.entities import Metric
-
+        """All of one epoch's metrics in a single write, step = epoch index, off the training thread."""
         started = time.perf_counter()
-        timestamp = int(time.time() * 1000)
-        batch = [Metric(key, float(value), timestamp, epoch) for key, value in metrics.items()]
-        self._pending.append(self._writer.submit(self.client.log_batch, self.run_id, metrics=batch))
         for key, value in metrics.items():
             self.result.history.setdefault(key, []).append(float(value))
+        self.writer.submit(epoch, metrics)
         self.result.write_seconds.append(time.perf_counter() - started)
-
-    def flush(self) -> None:
-        """Wait for every metric write; re-raises a write's error."""
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
 
     def log_figure(self, figure, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
@@ -160,9 +148,10 @@ def tracked_run(
     parent_run_id: Optional[str],
     overrides: Optional[Sequence[str]],
     datasets: Dict[str, Any],
+    output_dir: Path,
     extra_tags: Optional[Dict[str, str]] = None,
 ) -> Iterator[TrackedRun]:
-    """One MLflow run around a job; it always ends FINISHED, FAILED or KILLED, never RUNNING.
+    """One MLflow run around a job; it ends FINISHED, FAILED or KILLED wherever the store can still be written.
 
     An error inside the block is recorded on the run and in `run.result` (status FAILED and
     its one-line error) instead of being raised; Ctrl-C or SIGTERM raises RunInterrupted.
@@ -183,33 +172,40 @@ def tracked_run(
     }
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
-    run = mlflow_client.create_run(exp_id, run_name=run_name, tags=tags)
-    tracked = TrackedRun(uri, run.info.run_id, exp_id, run_name)
+    run_id = mlflow_client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+    writer = MetricWriter(mlflow_client, run_id, uri, cfg.mlflow.retry_seconds, output_dir)
+    tracked = TrackedRun(uri, run_id, exp_id, run_name, writer)
     status = RunStatus.FAILED
     try:
-        _log_inputs(mlflow_client, tracked.run_id, cfg, overrides, datasets)
+        try:
+            _log_inputs(mlflow_client, run_id, cfg, overrides, datasets)
+        except Exception as exc:
+            raise TrackingError(f"run {run_id}: cannot log its config, params and datasets to "
+                                f"{redact_uri(uri)} ({store_error_line(exc)})") from None
         try:
             yield tracked
-            tracked.flush()
+            writer.flush()
             status = RunStatus.FINISHED
             tracked.result.status = FINISHED
         except Exception as exc:
             if not isinstance(exc, UserError):
-                log.error("run %s (%s) failed", tracked.run_id, run_name, exc_info=exc)
-            tracked.result.error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                log.error("run %s (%s) failed", run_id, run_name, exc_info=exc)
+            tracked.result.error = store_error_line(exc)
             with signals_blocked():
-                _flush_quietly(tracked)
-                _record_failure(mlflow_client, tracked.run_id, exc)
+                writer.abandon()
+                if not isinstance(exc, StoreWriteError):
+                    _quietly(_record_failure, mlflow_client, run_id, exc)
     except KeyboardInterrupt as exc:
         status = RunStatus.KILLED
         with signals_blocked():
-            _flush_quietly(tracked)
-            mlflow_client.set_tag(tracked.run_id, "error", "interrupted (SIGINT/SIGTERM)")
-        raise RunInterrupted(tracked.run_id) from exc
+            writer.abandon()
+            _quietly(mlflow_client.set_tag, run_id, "error", "interrupted (SIGINT/SIGTERM)")
+        raise RunInterrupted(run_id) from exc
     finally:
         with signals_blocked():  # a second Ctrl-C must not leave the run RUNNING
-            tracked._writer.shutdown(wait=True)
-            mlflow_client.set_terminated(tracked.run_id, RunStatus.to_string(status))
+            writer.abandon()
+            # a store known to be gone was reported already; trying costs nothing
+            _quietly(mlflow_client.set_terminated, run_id, RunStatus.to_string(status), quiet=bool(writer.broken))
 
 
 def _log_inputs(mlflow_client, run_id: str, cfg: DictConfig, overrides, datasets: Dict[str, Any]) -> None:
@@ -226,12 +222,12 @@ def _log_inputs(mlflow_client, run_id: str, cfg: DictConfig, overrides, datasets
     log_datasets(mlflow_client, run_id, datasets)
 
 
-def _flush_quietly(tracked: TrackedRun) -> None:
-    """Keep the epochs already logged; the run's own error is the one to report."""
+def _quietly(write, *args, quiet: bool = False) -> None:
+    """A closing write to the store; if the store is gone, say so in one line (unless `quiet`) instead of raising."""
     try:
-        tracked.flush()
+        write(*args)
     except Exception as exc:
-        log.warning("some metrics of run %s were not written: %s", tracked.run_id, exc)
+        (log.debug if quiet else log.warning)("the store did not take %s (%s)", getattr(write, "__name__", "a closing write"), store_error_line(exc))
 
 
 @contextmanager

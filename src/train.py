@@ -30,8 +30,11 @@ def train(
     overrides: Optional[Sequence[str]] = None,
     extra_tags: Optional[Dict[str, str]] = None,
     on_epoch_end: Sequence = (),
+    output_dir: Optional[Path] = None,
 ) -> RunResult:
     """Train one config into one MLflow run; `on_epoch_end` callbacks hear every epoch after it is logged.
+
+    `output_dir` (default: the working directory) keeps metrics the store would not take.
 
     Bad config, data or store raise a UserError before any run exists; a failure during the
     run is returned as a FAILED RunResult; Ctrl-C or SIGTERM raises RunInterrupted.
@@ -67,7 +70,8 @@ def train(
     }
     tags = {DATA_DIGEST_TAG: splits.digest(), **runtime.device_tags(strategy, devices), **(extra_tags or {})}
     with tracked_run(
-        cfg, run_name=name, parent_run_id=parent_run_id, overrides=overrides, datasets=datasets, extra_tags=tags
+        cfg, run_name=name, parent_run_id=parent_run_id, overrides=overrides, datasets=datasets,
+        output_dir=output_dir or Path.cwd(), extra_tags=tags,
     ) as run:
         log.info("run %s: %s", run.run_id, name)
         settings = loops.LoopSettings(
@@ -122,7 +126,7 @@ def main(cfg: DictConfig) -> None:
     job.write(output_dir)
     try:
         parent_run_id = read_parent_run_id(Path(hydra_cfg.sweep.dir)) if multirun else None
-        result = train(cfg, parent_run_id=parent_run_id, overrides=overrides)
+        result = train(cfg, parent_run_id=parent_run_id, overrides=overrides, output_dir=output_dir)
         job.status, job.run_id, job.run_name, job.error = result.status, result.run_id, result.run_name, result.error
     except RunInterrupted as exc:
         job.status, job.run_id, job.error = KILLED, exc.run_id, "interrupted"
