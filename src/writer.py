@@ -34,7 +34,7 @@ def store_error_line(exc: BaseException) -> str:
     """The line of a store error that says what went wrong (SQLAlchemy wraps it in lines of context)."""
     context = ("(raised as a result of", "[SQL", "[parameters", "(Background on this error")
     lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith(context)]
-    return redact_uri(re.sub(r"^\((sqlite3|psycopg2)\.\w+\) ", "", lines[0]) if lines else type(exc).__name__)[:300]
+    return redact_uri(re.sub(r"^\((sqlite3|psycopg2)\.\w+\) ", "", lines[0]) if lines else type(exc).__name__)
 
 
 class StoreWriteError(TrackingError):
@@ -100,7 +100,7 @@ class MetricWriter:
                     log.warning("store %s takes writes again; epoch %d written", redact_uri(self._uri), epoch)
                 return
             except Exception as exc:
-                reason = store_error_line(exc)
+                reason = store_error_line(exc)[:300]
                 deadline = deadline or time.monotonic() + self._retry_seconds
                 permanent = any(p in str(exc).lower() for p in PERMANENT)
                 if permanent or time.monotonic() >= deadline or self._stop.is_set():

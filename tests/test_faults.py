@@ -1,0 +1,139 @@
+"""Faults with real processes and a real store: nothing lost, nothing left half-written, one line each."""
+
+import gzip
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from src.errors import TrackingError
+from src.store import ensure_store
+from tests.helpers import all_runs, cli
+
+ERROR_LINE = re.compile(r"store stopped taking writes \((?P<why>[^)]*)\); run (?P<run>\w+) stopped, "
+                        r"its metrics from epoch (?P<epoch>\d+) on are kept in (?P<file>\S+)$")
+
+
+def test_concurrent_first_opens_of_a_new_store_never_corrupt_it(tmp_path):
+    """Three commands starting at once on a store nobody has created yet (MLflow's first open does not lock)."""
+    uri = f"sqlite:///{tmp_path}/new/mlflow.db"
+    code = f"from src.store import ensure_store; ensure_store({uri!r})"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    client = MlflowClient(uri)
+    client.create_run(client.create_experiment("after"))  # every table is there and writable
+
+
+def test_half_migrated_store_is_refused_in_one_line(tmp_path):
+    db = tmp_path / "mlflow.db"
+    ensure_store(f"sqlite:///{db}")
+    with sqlite3.connect(db) as connection:  # what an interrupted Alembic batch migration leaves behind
+        connection.execute("CREATE TABLE _alembic_tmp_latest_metrics (key TEXT)")
+    with pytest.raises(TrackingError, match=r"half-migrated .* _alembic_tmp_latest_metrics.*DROP TABLE") as err:
+        ensure_store(f"sqlite:///{db}")
+    assert "\n" not in str(err.value)
+    (tmp_path / "text.db").write_text("not a database\n" * 100)
+    with pytest.raises(TrackingError, match=r"text\.db is not a readable SQLite store"):
+        ensure_store(f"sqlite:///{tmp_path}/text.db")
+
+
+def _start_training(tmp_path, higgs_file, *extra):
+    """A long tiny-model run in its own process, its store, artifacts and output folder under tmp_path."""
+    args = [
+        "model=tiny", "train.epochs=100000", f"data.path={higgs_file}", "data.n_validation=500",
+        "data.n_train=1000", "quiet=true", f"mlflow.tracking_uri=sqlite:///{tmp_path}/store/mlflow.db",
+        f"mlflow.artifact_location={tmp_path}/store/artifacts", f"hydra.run.dir={tmp_path}/out", *extra,
+    ]
+    return subprocess.Popen(cli(*args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_epochs(proc, uri: str, epochs: int, timeout: float = 180) -> str:
+    """The run's ID once the store holds `epochs` epochs of it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"no {epochs} epochs in the store after {timeout} s"
+        if not Path(uri[len("sqlite:///"):]).exists():
+            time.sleep(0.5)
+            continue
+        ensure_store(uri)  # waits (on the store's lock) while the job is still creating it
+        runs = all_runs(uri)
+        if runs and len(MlflowClient(uri).get_metric_history(runs[0].info.run_id, "loss")) >= epochs:
+            return runs[0].info.run_id
+        time.sleep(0.5)
+
+
+def test_store_deleted_mid_run_stops_within_an_epoch_and_keeps_the_metrics(tmp_path, higgs_file):
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    proc = _start_training(tmp_path, higgs_file)
+    try:
+        run_id = _wait_for_epochs(proc, uri, 3)
+        (tmp_path / "store" / "mlflow.db").unlink()
+        deleted = time.monotonic()
+        _, stderr = proc.communicate(timeout=120)
+        took = time.monotonic() - deleted
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1
+    assert "Traceback" not in stderr, stderr[-3000:]
+    [line] = [line for line in stderr.splitlines() if "stopped taking writes" in line]
+    match = ERROR_LINE.search(line)
+    assert match and match["run"] == run_id and str(tmp_path / "store" / "mlflow.db") in line, line
+    # the epochs the store did not take are in the job's folder, from the one named on, in order
+    spilled = [json.loads(row) for row in Path(match["file"]).read_text().splitlines()]
+    assert Path(match["file"]).parent == tmp_path / "out"
+    steps = [row["step"] for row in spilled]
+    assert steps[0] == int(match["epoch"]) and steps == list(range(steps[0], steps[0] + len(steps)))
+    assert {row["run_id"] for row in spilled} == {run_id} and set(spilled[0]["metrics"]) >= {"loss", "val_loss"}
+    job = json.loads((tmp_path / "out" / "job_result.json").read_text())
+    assert job["status"] == "FAILED" and job["run_id"] == run_id
+    assert took < 60, f"kept training {took:.0f} s after the store went away"
+
+
+@pytest.mark.slow  # the store's own busy timeout is 20 s, so a lock must outlast it to reach the retry
+def test_store_locked_for_half_a_minute_loses_no_epoch(tmp_path, higgs_file):
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    proc = _start_training(tmp_path, higgs_file, "train.epochs=1500")
+    try:
+        run_id = _wait_for_epochs(proc, uri, 3)
+        with sqlite3.connect(tmp_path / "store" / "mlflow.db", isolation_level=None) as holder:
+            holder.execute("BEGIN EXCLUSIVE")  # another process's long write transaction
+            time.sleep(30)
+            holder.execute("COMMIT")
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "retrying for up to" in stderr and "takes writes again" in stderr and "Traceback" not in stderr
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "val_loss")]
+    assert sorted(steps) == list(range(1500))
+    assert not (tmp_path / "out" / "unwritten_metrics.jsonl").exists()
+
+
+def test_a_changed_training_value_is_caught_by_the_data_digest(make_cfg, tracking_uri, tmp_path, higgs_file, capsys):
+    """MLflow's dataset digest reads only the first 10,000 values (~357 rows); the run's own digest reads all."""
+    from src.reproduce import main
+    from src.train import train
+
+    lines = gzip.open(higgs_file, "rt").read().splitlines(keepends=True)[:2600]
+    data = tmp_path / "data.csv"
+    data.write_text("".join(lines))
+    original = train(make_cfg(f"data.path={data}", "data.n_validation=500", "data.n_train=2000", "train.epochs=1"))
+    fields = lines[1000].split(",")  # training row 500
+    fields[3] = f"{float(fields[3]) + 1.0:.18e}"
+    lines[1000] = ",".join(fields)
+    data.write_text("".join(lines))
+    capsys.readouterr()
+    assert main([original.run_id, "--tracking-uri", tracking_uri, "--quiet"]) == 1
+    assert "data digest differs" in capsys.readouterr().err
