@@ -30,7 +30,7 @@ def latest_sweeps(client, experiment_name: str, tracking_uri: str, count: int = 
     """The `count` most recently started runs tagged sweep=true in the experiment, oldest first."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        raise CompareError(f"--experiment {experiment_name}: no such experiment in {store.redact_uri(tracking_uri)}")
+        raise CompareError(f"--experiment {experiment_name}: no such experiment in {store.redact(tracking_uri)}")
     runs = client.search_runs(
         [experiment.experiment_id],
         filter_string=store.SWEEP_FILTER,
@@ -211,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         digest = hashlib.sha256(" ".join(r.run_id for r in runs).encode()).hexdigest()[:12]
         out = PROJECT_ROOT / "reports" / f"runs-{digest}"
     table = format_table(rows)
-    report = json.dumps({"tracking_uri": store.redact_uri(tracking_uri), "sweep_run_id": log_on, "groups": rows}, indent=2)
+    report = json.dumps({"tracking_uri": store.redact(tracking_uri), "sweep_run_id": log_on, "groups": rows}, indent=2)
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "table.txt").write_text(table)

@@ -4,9 +4,9 @@ Every command that reads runs (compare, reproduce, any later one) goes through h
 writing a run is `src/tracking.py`, a sweep's parent run is `src/sweep.py`.
 """
 
+import base64
 import fcntl
 import os
-import re
 import sqlite3
 import urllib.error
 import urllib.parse
@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.config import CONFIG_DIR
 from src.errors import TrackingError
+from src.redaction import redact
 
 # Tags and artifacts every run of this project carries, by name.
 PARENT_TAG = "mlflow.parentRunId"
@@ -33,11 +34,6 @@ SWEEP_FILTER = f"tags.{SWEEP_TAG} = 'true'"
 TRACKING_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
 
 Histories = Dict[str, Dict[int, float]]  # metric -> step -> value
-
-
-def redact_uri(text: str) -> str:
-    """Hide the password of every `scheme://user:password@host` in `text`."""
-    return re.sub(r"(//[^/:@\s]+):[^/@\s]*@", r"\1:***@", text)
 
 
 def is_sweep_parent(run) -> bool:
@@ -55,19 +51,11 @@ def ensure_store(tracking_uri: str) -> None:
     scheme = urllib.parse.urlparse(tracking_uri).scheme
     if len(scheme) > 1 and scheme.split("+")[0] not in TRACKING_SCHEMES:  # len 1: a Windows drive letter
         raise TrackingError(
-            f"mlflow.tracking_uri={redact_uri(tracking_uri)}: unsupported scheme {scheme!r}; "
+            f"mlflow.tracking_uri={redact(tracking_uri)}: unsupported scheme {scheme!r}; "
             "use sqlite:///<path>/mlflow.db, http(s)://<host>:<port> or a local folder"
         )
     if tracking_uri.startswith(("http://", "https://")):
-        health = tracking_uri.rstrip("/") + "/health"
-        try:
-            urllib.request.urlopen(health, timeout=5).close()
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise TrackingError(
-                f"mlflow.tracking_uri: no MLflow server at {redact_uri(tracking_uri)} ({reason}); "
-                "start one with `make server` or fix the URI"
-            ) from None
+        _check_server(tracking_uri)
         return
     db = Path(tracking_uri[len("sqlite:///") :]) if tracking_uri.startswith("sqlite:///") else None
     if db is not None:
@@ -88,9 +76,31 @@ def ensure_store(tracking_uri: str) -> None:
         raise
     except MlflowException as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"mlflow.tracking_uri={redact_uri(tracking_uri)}: {first_line}") from None
+        raise TrackingError(f"mlflow.tracking_uri={redact(tracking_uri)}: {first_line}") from None
     except Exception as exc:  # SQLAlchemy and friends raise their own types for bad URIs
-        raise TrackingError(f"mlflow.tracking_uri={redact_uri(tracking_uri)}: {type(exc).__name__}: {exc}") from None
+        raise TrackingError(f"mlflow.tracking_uri={redact(tracking_uri)}: {type(exc).__name__}: {exc}") from None
+
+
+def _check_server(tracking_uri: str) -> None:
+    """An MLflow server answers at the URI (credentials in it are sent as HTTP basic auth, as MLflow does)."""
+    parts = urllib.parse.urlsplit(tracking_uri)
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else parts.netloc
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=netloc)).rstrip("/") + "/health")
+    if parts.username is not None:
+        token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    shown = redact(tracking_uri)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            body = response.read(200)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(
+            f"mlflow.tracking_uri: no MLflow server at {shown} ({reason}); start one with `make server` or fix the URI"
+        ) from None
+    if body.strip() != b"OK":
+        raise TrackingError(f"mlflow.tracking_uri: {shown} answers, but not as an MLflow server does "
+                            f"(its /health said {body[:60]!r}); check the host and port")
 
 
 @contextmanager
@@ -171,7 +181,7 @@ def get_run(mlflow_client, run_id: str, tracking_uri: str):
         return mlflow_client.get_run(run_id)
     except MlflowException as exc:
         reason = "no such run" if exc.error_code == "RESOURCE_DOES_NOT_EXIST" else str(exc).splitlines()[0]
-        raise TrackingError(f"run {run_id}: {reason} in {redact_uri(tracking_uri)}") from None
+        raise TrackingError(f"run {run_id}: {reason} in {redact(tracking_uri)}") from None
 
 
 def sweep_children(mlflow_client, parent) -> list:

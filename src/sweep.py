@@ -11,7 +11,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from src.errors import TrackingError
-from src.store import SWEEP_OVERRIDES_TAG, SWEEP_TAG, client, ensure_store, experiment_id, redact_uri
+from src.redaction import redact, redact_files
+from src.store import SWEEP_OVERRIDES_TAG, SWEEP_TAG, client, ensure_store, experiment_id
 from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, git_state, signals_blocked
 
 PARENT_RUN_FILE = "mlflow_parent_run.json"
@@ -46,7 +47,7 @@ def create_parent_run(
     """A sweep's parent run, tagged sweep=true with its overrides (passwords masked); returns its ID."""
     all_tags = {
         SWEEP_TAG: "true",
-        SWEEP_OVERRIDES_TAG: redact_uri(" ".join(overrides))[:5000],
+        SWEEP_OVERRIDES_TAG: redact(" ".join(overrides))[:5000],
         **git_state(),
         **(tags or {}),
     }
@@ -115,7 +116,7 @@ class _SweepParent:
         run_id = create_parent_run(
             uri, exp_id, name=f"sweep {' '.join(shown)}", overrides=overrides, tags={"sweep_dir": str(sweep_dir)}
         )
-        (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": redact_uri(uri)}))
+        (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": redact(uri)}))
         parent = cls(uri, run_id, sweep_dir)
         atexit.register(parent.finish, completed=False)  # on_multirun_end is skipped when a job fails
         print(f"sweep parent run {run_id}", file=sys.stderr)
@@ -126,6 +127,7 @@ class _SweepParent:
         if self.finished:
             return
         self.finished = True
+        redact_files(self.sweep_dir, "multirun.yaml")  # Hydra's record of the sweep
         results = JobResult.read_all(self.sweep_dir)
         status = sweep_status([r.status for r in results], completed)
         end_parent_run(self.tracking_uri, self.run_id, status)

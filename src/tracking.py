@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from src import compat
 from src.config import NON_SEMANTIC_KEYS, PROJECT_ROOT, to_plain
 from src.errors import NonFiniteLossError, RunInterrupted, TrackingError, UserError
+from src.redaction import redact
 from src.store import (
     CONFIG_ARTIFACT,
     DIGEST_TAG,
@@ -25,7 +26,6 @@ from src.store import (
     PARENT_TAG,
     client,
     experiment_id,
-    redact_uri,
 )
 from src.writer import MetricWriter, StoreWriteError, store_error_line
 
@@ -52,7 +52,7 @@ def flat_params(cfg: DictConfig) -> Dict[str, str]:
             for key, value in node.items():
                 walk(f"{prefix}{key}.", value)
         else:
-            params[prefix[:-1]] = str(node)
+            params[prefix[:-1]] = redact(str(node))
 
     walk("", {key: value for key, value in to_plain(cfg).items() if key != "mlflow"})
     return params
@@ -181,7 +181,7 @@ def tracked_run(
             _log_inputs(mlflow_client, run_id, cfg, overrides, datasets)
         except Exception as exc:
             raise TrackingError(f"run {run_id}: cannot log its config, params and datasets to "
-                                f"{redact_uri(uri)} ({store_error_line(exc)})") from None
+                                f"{redact(uri)} ({store_error_line(exc)})") from None
         try:
             yield tracked
             writer.flush()
@@ -209,16 +209,13 @@ def tracked_run(
 
 
 def _log_inputs(mlflow_client, run_id: str, cfg: DictConfig, overrides, datasets: Dict[str, Any]) -> None:
-    """Params, the config and overrides as artifacts (URIs redacted), and the datasets."""
+    """Params, the config and overrides as artifacts (secrets masked), and the datasets."""
     from mlflow.entities import Param
 
     mlflow_client.log_batch(run_id, params=[Param(key, value) for key, value in flat_params(cfg).items()])
-    resolved = to_plain(cfg)
-    resolved["mlflow"]["tracking_uri"] = redact_uri(resolved["mlflow"]["tracking_uri"])
-    mlflow_client.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(resolved)), CONFIG_ARTIFACT)
+    mlflow_client.log_text(run_id, redact(OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg)))), CONFIG_ARTIFACT)
     if overrides is not None:
-        shown = [redact_uri(o) for o in overrides]
-        mlflow_client.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(shown)), OVERRIDES_ARTIFACT)
+        mlflow_client.log_text(run_id, redact(OmegaConf.to_yaml(OmegaConf.create(list(overrides)))), OVERRIDES_ARTIFACT)
     log_datasets(mlflow_client, run_id, datasets)
 
 
@@ -227,7 +224,8 @@ def _quietly(write, *args, quiet: bool = False) -> None:
     try:
         write(*args)
     except Exception as exc:
-        (log.debug if quiet else log.warning)("the store did not take %s (%s)", getattr(write, "__name__", "a closing write"), store_error_line(exc))
+        what = getattr(write, "__name__", "a closing write")
+        (log.debug if quiet else log.warning)("the store did not take %s (%s)", what, store_error_line(exc))
 
 
 @contextmanager

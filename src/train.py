@@ -16,7 +16,8 @@ from src import compat
 from src.config import run_name, validate
 from src.data import load_higgs
 from src.errors import JobFailed, RunInterrupted, UserError, composition_error_line
-from src.store import DATA_DIGEST_TAG, ensure_store, finished_run_with_digest, redact_uri
+from src.redaction import RedactedStream, redact, redact_files
+from src.store import DATA_DIGEST_TAG, ensure_store, finished_run_with_digest
 from src.sweep import JobResult, read_parent_run_id
 from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, RunResult, config_digest
 
@@ -121,8 +122,9 @@ def main(cfg: DictConfig) -> None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     cfg.train.threads = _job_threads(cfg, hydra_cfg)
+    redact_files(output_dir / ".hydra")  # Hydra's record of the job's config and overrides
     job = JobResult(job=hydra_cfg.job.num if multirun else 0, run_name=run_name(cfg),
-                    overrides=[redact_uri(o) for o in overrides])
+                    overrides=[redact(o) for o in overrides])
     job.write(output_dir)
     try:
         parent_run_id = read_parent_run_id(Path(hydra_cfg.sweep.dir)) if multirun else None
@@ -146,6 +148,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.stdout, sys.stderr = RedactedStream(sys.stdout), RedactedStream(sys.stderr)
     compat.one_line_config_errors(composition_error_line)
     try:
         main()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from src.errors import TrackingError
-from src.store import redact_uri
+from src.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,10 @@ def store_error_line(exc: BaseException) -> str:
     """The line of a store error that says what went wrong (SQLAlchemy wraps it in lines of context)."""
     context = ("(raised as a result of", "[SQL", "[parameters", "(Background on this error")
     lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith(context)]
-    return redact_uri(re.sub(r"^\((sqlite3|psycopg2)\.\w+\) ", "", lines[0]) if lines else type(exc).__name__)
+    refused = re.search(r"\[Errno -?\d+\] [^'\")]+", lines[0]) if lines and "API request to" in lines[0] else None
+    if refused:  # MLflow's REST client wraps the socket error in three layers of context
+        return f"no answer from the server: {refused.group(0)}"
+    return redact(re.sub(r"^\((sqlite3|psycopg2)\.\w+\) ", "", lines[0]) if lines else type(exc).__name__)
 
 
 class StoreWriteError(TrackingError):
@@ -58,8 +61,10 @@ class MetricWriter:
         self._stop = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metric-writer")
         self._pending: List[Future] = []
-        # MLflow logs every failed SQL write with a traceback; the writer says it in one line instead.
+        # MLflow logs every failed SQL write with a traceback, urllib3 every HTTP retry; the writer
+        # says it in one line instead.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
     def submit(self, epoch: int, metrics: Dict[str, float]) -> None:
         """Queue one epoch's metrics; raises StoreWriteError once the store has stopped taking them."""
@@ -83,7 +88,7 @@ class MetricWriter:
 
     def error(self) -> StoreWriteError:
         return StoreWriteError(
-            f"mlflow.tracking_uri={redact_uri(self._uri)}: the store stopped taking writes ({self.broken}); "
+            f"mlflow.tracking_uri={redact(self._uri)}: the store stopped taking writes ({self.broken}); "
             f"run {self._run_id} stopped, its metrics from epoch {self.first_unwritten} on are kept in {self.spill_file}"
         )
 
@@ -97,7 +102,7 @@ class MetricWriter:
             try:
                 self._client.log_batch(self._run_id, metrics=batch)
                 if warned:
-                    log.warning("store %s takes writes again; epoch %d written", redact_uri(self._uri), epoch)
+                    log.warning("store %s takes writes again; epoch %d written", redact(self._uri), epoch)
                 return
             except Exception as exc:
                 reason = store_error_line(exc)[:300]
@@ -108,7 +113,7 @@ class MetricWriter:
                     break
                 if not warned:
                     log.warning("store %s did not take epoch %d (%s); retrying for up to %g s",
-                                redact_uri(self._uri), epoch, reason, self._retry_seconds)
+                                redact(self._uri), epoch, reason, self._retry_seconds)
                     warned = True
                 self._stop.wait(delay)
                 delay = min(2 * delay, 8.0)

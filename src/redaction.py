@@ -1,0 +1,42 @@
+"""Secrets out of everything the project writes or prints: URI passwords and credential variables."""
+
+import os
+import re
+from pathlib import Path
+from typing import TextIO
+
+# Environment variables MLflow (and its artifact stores) read credentials from.
+SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "DATABRICKS_TOKEN", "AWS_SECRET_ACCESS_KEY")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@host` and the value of every secret
+    environment variable (SECRET_ENV) masked: nothing the project writes or prints may hold one."""
+    text = re.sub(r"(//[^/:@\s]+):[^/@\s]*@", r"\1:***@", text)
+    for name in SECRET_ENV:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+class RedactedStream:
+    """A text stream (stdout, stderr) that masks secrets in whatever is written to it, Hydra's own lines included."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def redact_files(folder: Path, pattern: str = "*.yaml") -> None:
+    """Mask secrets in files a tool wrote there (Hydra's record of a job's config and overrides)."""
+    for path in folder.glob(pattern):
+        text = path.read_text()
+        if redact(text) != text:
+            path.write_text(redact(text))
