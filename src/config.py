@@ -195,6 +195,7 @@ def validate(cfg: DictConfig) -> None:
         "Keras's fit silently drops XLA while op determinism is on; also set train.deterministic=false",
     )
     need(cfg.train.logical_cpus >= 1, "train.logical_cpus", "must be at least 1")
+    need(bool(cfg.mlflow.experiment_name.strip()), "mlflow.experiment_name", "must not be empty")
     need(cfg.mlflow.retry_seconds >= 0, "mlflow.retry_seconds", "must be 0 (no retry) or positive")
 
 

@@ -3,14 +3,22 @@
 import keras
 from omegaconf import DictConfig
 
+from src.errors import ConfigError
 from src.regularizers import kernel_regularizer, layers_after
 
 
 def build_model(model: DictConfig, reg: DictConfig, n_features: int) -> keras.Sequential:
     """Hidden layers (each with the reg config's kernel penalty and following layers), then Dense(1) logits."""
+    import tensorflow as tf
+
     layers: list = [keras.Input(shape=(n_features,))]
     for units in model.hidden_units:
         layers.append(keras.layers.Dense(units, activation=model.activation, kernel_regularizer=kernel_regularizer(reg)))
         layers.extend(layers_after(reg))
     layers.append(keras.layers.Dense(1))
-    return keras.Sequential(layers, name=model.name)
+    try:
+        return keras.Sequential(layers, name=model.name)
+    except (tf.errors.ResourceExhaustedError, MemoryError):
+        raise ConfigError(
+            f"model.hidden_units={list(model.hidden_units)}: the model's weights do not fit in memory"
+        ) from None

@@ -70,7 +70,12 @@ def logged_config(client, run) -> Tuple[DictConfig, Dict[str, Any], Dict[str, An
         except Exception:  # MLflow raises its own or OSError, depending on the artifact store
             raise ReproduceError(f"run {run_id}: no {CONFIG_ARTIFACT} artifact, so its config is unknown") from None
     try:
-        return rebuild_config(OmegaConf.create(text))
+        logged = OmegaConf.create(text)
+    except Exception as exc:  # YAML's own errors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ReproduceError(f"run {run_id}: its {CONFIG_ARTIFACT} is not valid YAML ({first})") from None
+    try:
+        return rebuild_config(logged)
     except (OmegaConfBaseException, ValueError, UserError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ReproduceError(f"run {run_id}: {CONFIG_ARTIFACT} does not fit this project's config: {first}") from None

@@ -6,6 +6,7 @@ writing a run is `src/tracking.py`, a sweep's parent run is `src/sweep.py`.
 
 import base64
 import fcntl
+import logging
 import os
 import sqlite3
 import urllib.error
@@ -20,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from src.config import CONFIG_DIR
 from src.errors import TrackingError
 from src.redaction import redact
+
+log = logging.getLogger(__name__)
 
 # Tags and artifacts every run of this project carries, by name.
 PARENT_TAG = "mlflow.parentRunId"
@@ -137,12 +140,23 @@ def experiment_id(tracking_uri: str, name: str, artifact_location: Optional[str]
     """The experiment's ID, creating it (with its artifact location) on first use."""
     from mlflow.exceptions import MlflowException
 
+    if not name.strip():
+        raise TrackingError("mlflow.experiment_name: must not be empty")
     mlflow_client = client(tracking_uri)
     experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
     remote = tracking_uri.startswith(("http://", "https://"))
     location = None if remote or artifact_location is None else Path(artifact_location).as_uri()
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise TrackingError(
+            f"mlflow.experiment_name={name}: the experiment is deleted (in the store's trash); restore it with "
+            f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` or pick another name"
+        )
+    if experiment is not None:
+        if location and experiment.artifact_location.rstrip("/") != location.rstrip("/"):
+            log.warning("mlflow.artifact_location=%s is not used: experiment %r keeps its artifacts in %s, set when "
+                        "it was created; a new mlflow.experiment_name takes the new location", artifact_location,
+                        name, experiment.artifact_location)
+        return experiment.experiment_id
     try:
         return mlflow_client.create_experiment(name, artifact_location=location)
     except MlflowException:

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from src.errors import TrackingError
+from src.errors import UserError
 from src.redaction import redact, redact_files
 from src.store import SWEEP_OVERRIDES_TAG, SWEEP_TAG, client, ensure_store, experiment_id
 from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, git_state, signals_blocked
@@ -84,11 +84,11 @@ class HydraMlflowCallback(Callback):
         # (A single run needs nothing here: train() checks the config, the data, then the store.)
         try:
             ensure_store(config.mlflow.tracking_uri)
-        except TrackingError as exc:
-            # raised, Hydra would only warn and start every job against a broken store
+            self._sweep = _SweepParent.start(config)
+        except UserError as exc:
+            # raised, Hydra would only warn and start every job against a broken store or experiment
             print(exc, file=sys.stderr)
             sys.exit(1)
-        self._sweep = _SweepParent.start(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._sweep is not None:

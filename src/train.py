@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from src import compat
 from src.config import run_name, validate
 from src.data import load_higgs
-from src.errors import JobFailed, RunInterrupted, UserError, composition_error_line
+from src.errors import ConfigError, JobFailed, RunInterrupted, UserError, composition_error_line
 from src.redaction import RedactedStream, redact, redact_files
 from src.store import DATA_DIGEST_TAG, ensure_store, finished_run_with_digest
 from src.sweep import JobResult, read_parent_run_id
@@ -54,6 +54,7 @@ def train(
 
     # TensorFlow is imported only now: bad config, data or store is reported before its ~9 s import.
     import mlflow.data
+    import tensorflow as tf
 
     from src import loops, plots, runtime
     from src.data import make_datasets
@@ -84,7 +85,11 @@ def train(
             progress=not cfg.quiet,
             on_epoch_end=(run.log_epoch, *on_epoch_end),
         )
-        loops.LOOPS[cfg.loop.name](model, train_ds, val_ds, cfg.loop, settings)
+        try:
+            loops.LOOPS[cfg.loop.name](model, train_ds, val_ds, cfg.loop, settings)
+        except (tf.errors.ResourceExhaustedError, MemoryError):
+            raise ConfigError(f"out of memory while training {name}: lower train.batch_size={cfg.train.batch_size} "
+                              f"or model.hidden_units={list(cfg.model.hidden_units)}") from None
         figures = plots.run_figures(run.result.history, name)
         for artifact_file, figure in figures.items():
             run.log_figure(figure, artifact_file)

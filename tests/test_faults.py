@@ -138,3 +138,39 @@ def test_a_changed_training_value_is_caught_by_the_data_digest(make_cfg, trackin
     capsys.readouterr()
     assert main([original.run_id, "--tracking-uri", tracking_uri, "--quiet"]) == 1
     assert "data digest differs" in capsys.readouterr().err
+
+
+def test_deleted_experiment_and_moved_artifact_location_are_said_in_one_line(tracking_uri, tmp_path, caplog):
+    from src.store import experiment_id
+
+    ensure_store(tracking_uri)
+    first = experiment_id(tracking_uri, "exp", str(tmp_path / "a"))
+    with caplog.at_level("WARNING", logger="src.store"):
+        assert experiment_id(tracking_uri, "exp", str(tmp_path / "b")) == first
+    assert "mlflow.artifact_location=" in caplog.text and "is not used" in caplog.text and str(tmp_path / "a") in caplog.text
+    MlflowClient(tracking_uri).delete_experiment(first)
+    with pytest.raises(TrackingError, match=rf"mlflow.experiment_name=exp: the experiment is deleted .*restore --experiment-id {first}"):
+        experiment_id(tracking_uri, "exp", None)
+    with pytest.raises(TrackingError, match="mlflow.experiment_name: must not be empty"):
+        experiment_id(tracking_uri, " ", None)
+
+
+def test_a_model_too_large_for_memory_is_a_config_error(make_cfg):
+    from src.errors import ConfigError
+    from src.models import build_model
+
+    cfg = make_cfg("model.hidden_units=[100000,100000]")
+    with pytest.raises(ConfigError, match=r"^model.hidden_units=\[100000, 100000\]: the model's weights do not fit"):
+        build_model(cfg.model, cfg.reg, cfg.data.n_features)
+
+
+def test_reproduce_refuses_a_broken_config_artifact_in_one_line(make_cfg, tracking_uri, capsys):
+    from src.reproduce import main
+    from src.train import train
+
+    run = train(make_cfg("train.epochs=1"))
+    MlflowClient(tracking_uri).log_text(run.run_id, "model: [unclosed\n  reg: {", "config.yaml")
+    capsys.readouterr()
+    assert main([run.run_id, "--tracking-uri", tracking_uri]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: run {run.run_id}: its config.yaml is not valid YAML")
