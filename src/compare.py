@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 from src.config import PROJECT_ROOT
 from src.errors import UserError
 from src import store
+from src.liveness import dead_reason
 from src.report import Group, History, RunData, format_table, group_runs, table_rows
 
 # The histories the figures and the table need (epoch_seconds and reg_loss are not plotted).
@@ -62,8 +63,9 @@ def select_runs(
         finished = [c for c in children if c.info.status == "FINISHED"]
         for child in children:
             if child.info.status != "FINISHED":
+                dead = dead_reason(child)
                 print(f"note: skipped {child.info.run_name} {child.info.run_id} of sweep {run.info.run_id}: "
-                      f"{child.info.status}", file=sys.stderr)
+                      f"{child.info.status}" + (f", and dead: {dead}" if dead else ""), file=sys.stderr)
         if not finished:
             raise CompareError(f"sweep {run.info.run_id}: no FINISHED child runs to compare")
         runs.extend(finished)

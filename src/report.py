@@ -130,8 +130,10 @@ def format_table(rows: Sequence[Dict]) -> str:
         return f"{stat['mean']:.{decimals}f} ± {stat['std']:.{decimals}f}"
 
     header = ["run", "n", *STATS]
+    mixed = [len(set(row["epochs"])) > 1 for row in rows]  # a group whose runs ran different numbers of epochs
     body = [
-        [row["label"], str(row["n"]), *(cell(row["stats"][key], d) for key, d in STATS.values())] for row in rows
+        [row["label"] + ("*" if odd else ""), str(row["n"]), *(cell(row["stats"][key], d) for key, d in STATS.values())]
+        for row, odd in zip(rows, mixed)
     ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = [
@@ -143,4 +145,6 @@ def format_table(rows: Sequence[Dict]) -> str:
         "val_bce = val_binary_crossentropy; gap = val_bce - train bce at the last epoch; "
         "wobble = mean |epoch-to-epoch change| of val_bce over the second half of the epochs; epochs count from 0"
     )
+    if any(mixed):
+        note += "\n* the group's runs have different numbers of epochs: its statistics mix different epochs"
     return "\n".join(lines) + "\n" + note + "\n"

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from src.config import NON_SEMANTIC_KEYS, compose_config
+from src.liveness import dead_reason
 from src.errors import UserError
 from src.store import (
     CONFIG_ARTIFACT,
@@ -154,7 +155,9 @@ def reproduce_run(
         cfg.quiet = quiet
     outcome = Outcome(run_id, original.info.run_name)
     if original.info.status != FINISHED:
-        outcome.warnings.append(f"the original run is {original.info.status}: its history may be partial")
+        dead = dead_reason(original)
+        outcome.warnings.append(f"the original run is {original.info.status}" + (f" but dead ({dead})" if dead else "")
+                                + ": its history may be partial")
     outcome.warnings.extend(environment_warnings(original.data.tags, cfg, filled, dropped))
     _warn(outcome.warnings, run_id)
 

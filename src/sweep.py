@@ -11,6 +11,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from src.errors import UserError
+from src.liveness import HEARTBEAT_TAG, process_tags
 from src.redaction import redact, redact_files
 from src.store import SWEEP_OVERRIDES_TAG, SWEEP_TAG, client, ensure_store, experiment_id
 from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, git_state, signals_blocked
@@ -26,6 +27,7 @@ class JobResult:
 
     job: int
     run_name: str
+    parent_run_id: Optional[str] = None  # the sweep it belongs to: a folder reused by resume holds older ones
     overrides: List[str] = field(default_factory=list)
     status: str = RUNNING
     run_id: Optional[str] = None
@@ -35,20 +37,23 @@ class JobResult:
         (output_dir / JOB_RESULT_FILE).write_text(json.dumps(asdict(self)))
 
     @classmethod
-    def read_all(cls, sweep_dir: Path) -> List["JobResult"]:
-        """Every job result under a sweep folder, in job order."""
-        results = [cls(**json.loads(p.read_text())) for p in sweep_dir.glob(f"*/{JOB_RESULT_FILE}")]
-        return sorted(results, key=lambda r: r.job)
+    def read_all(cls, sweep_dir: Path, parent_run_id: str) -> List["JobResult"]:
+        """The results of this sweep's jobs in its folder, in job order (stale files of an earlier sweep left out)."""
+        results = [json.loads(p.read_text()) for p in sweep_dir.glob(f"*/{JOB_RESULT_FILE}")]
+        mine = [cls(**r) for r in results if r.get("parent_run_id") == parent_run_id]
+        return sorted(mine, key=lambda r: r.job)
 
 
 def create_parent_run(
     tracking_uri: str, exp_id: str, *, name: str, overrides: Sequence[str], tags: Optional[Dict[str, str]] = None
 ) -> str:
     """A sweep's parent run, tagged sweep=true with its overrides (passwords masked); returns its ID."""
+    identity = {k: v for k, v in process_tags().items() if k != HEARTBEAT_TAG}  # its jobs beat, not the parent
     all_tags = {
         SWEEP_TAG: "true",
         SWEEP_OVERRIDES_TAG: redact(" ".join(overrides))[:5000],
         **git_state(),
+        **identity,
         **(tags or {}),
     }
     return client(tracking_uri).create_run(exp_id, run_name=name[:250], tags=all_tags).info.run_id
@@ -128,7 +133,7 @@ class _SweepParent:
             return
         self.finished = True
         redact_files(self.sweep_dir, "multirun.yaml")  # Hydra's record of the sweep
-        results = JobResult.read_all(self.sweep_dir)
+        results = JobResult.read_all(self.sweep_dir, self.run_id)
         status = sweep_status([r.status for r in results], completed)
         end_parent_run(self.tracking_uri, self.run_id, status)
         print(summary(results, self.run_id, status), file=sys.stderr)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from src import compat
 from src.config import NON_SEMANTIC_KEYS, PROJECT_ROOT, to_plain
 from src.errors import NonFiniteLossError, RunInterrupted, TrackingError, UserError
+from src.liveness import Heartbeat, process_tags, reap_dead_runs
 from src.redaction import redact
 from src.store import (
     CONFIG_ARTIFACT,
@@ -161,6 +162,7 @@ def tracked_run(
     uri = cfg.mlflow.tracking_uri
     mlflow_client = client(uri)
     exp_id = experiment_id(uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location)
+    reap_dead_runs(mlflow_client, exp_id)  # runs whose process was killed (kill -9, out of memory) end FAILED
     tags = {
         DIGEST_TAG: config_digest(cfg),
         "loop": cfg.loop.name,
@@ -168,6 +170,7 @@ def tracked_run(
         "model": cfg.model.name,
         **git_state(),
         **software_versions(),
+        **process_tags(),
         **(extra_tags or {}),
     }
     if parent_run_id:
@@ -175,6 +178,7 @@ def tracked_run(
     run_id = mlflow_client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
     writer = MetricWriter(mlflow_client, run_id, uri, cfg.mlflow.retry_seconds, output_dir)
     tracked = TrackedRun(uri, run_id, exp_id, run_name, writer)
+    heartbeat = Heartbeat(mlflow_client, run_id)
     status = RunStatus.FAILED
     try:
         try:
@@ -203,6 +207,7 @@ def tracked_run(
         raise RunInterrupted(run_id) from exc
     finally:
         with signals_blocked():  # a second Ctrl-C must not leave the run RUNNING
+            heartbeat.stop()
             writer.abandon()
             # a store known to be gone was reported already; trying costs nothing
             _quietly(mlflow_client.set_terminated, run_id, RunStatus.to_string(status), quiet=bool(writer.broken))

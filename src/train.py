@@ -128,11 +128,11 @@ def main(cfg: DictConfig) -> None:
     overrides = list(hydra_cfg.overrides.task)
     cfg.train.threads = _job_threads(cfg, hydra_cfg)
     redact_files(output_dir / ".hydra")  # Hydra's record of the job's config and overrides
-    job = JobResult(job=hydra_cfg.job.num if multirun else 0, run_name=run_name(cfg),
+    parent_run_id = read_parent_run_id(Path(hydra_cfg.sweep.dir)) if multirun else None
+    job = JobResult(job=hydra_cfg.job.num if multirun else 0, run_name=run_name(cfg), parent_run_id=parent_run_id,
                     overrides=[redact(o) for o in overrides])
     job.write(output_dir)
     try:
-        parent_run_id = read_parent_run_id(Path(hydra_cfg.sweep.dir)) if multirun else None
         result = train(cfg, parent_run_id=parent_run_id, overrides=overrides, output_dir=output_dir)
         job.status, job.run_id, job.run_name, job.error = result.status, result.run_id, result.run_name, result.error
     except RunInterrupted as exc:

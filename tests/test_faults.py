@@ -174,3 +174,32 @@ def test_reproduce_refuses_a_broken_config_artifact_in_one_line(make_cfg, tracki
     assert main([run.run_id, "--tracking-uri", tracking_uri]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: run {run.run_id}: its config.yaml is not valid YAML")
+
+
+def test_a_run_killed_with_sigkill_is_marked_dead_by_the_next_run(tmp_path, higgs_file, make_cfg):
+    from src.train import train
+
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    proc = _start_training(tmp_path, higgs_file)
+    try:
+        killed = _wait_for_epochs(proc, uri, 2)
+    finally:
+        proc.kill()  # SIGKILL: nothing in the process can end its run
+        proc.wait()
+    assert MlflowClient(uri).get_run(killed).info.status == "RUNNING"
+    store = [f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={tmp_path}/store/artifacts"]
+    assert train(make_cfg("train.epochs=1", *store)).status == "FINISHED"
+    dead = MlflowClient(uri).get_run(killed)
+    assert dead.info.status == "FAILED" and f"process {proc.pid}" in dead.data.tags["dead"]
+
+
+def test_compare_says_when_a_group_mixes_runs_of_different_lengths():
+    from src.report import RunData, format_table, group_runs, table_rows
+
+    def run(run_id, epochs):
+        history = {k: [0.5] * epochs for k in ("binary_crossentropy", "val_binary_crossentropy", "val_accuracy")}
+        return RunData(run_id, "fit-none-tiny", {"seed": run_id, "loop.name": "fit"}, history)
+
+    table = format_table(table_rows(group_runs([run("0", 7), run("1", 40)])))
+    assert "fit-none-tiny*" in table and "different numbers of epochs" in table
+    assert "*" not in format_table(table_rows(group_runs([run("0", 40), run("1", 40)])))
