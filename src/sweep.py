@@ -3,6 +3,7 @@
 import atexit
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -11,9 +12,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from src.errors import UserError
-from src.liveness import HEARTBEAT_TAG, process_tags
+from src.liveness import HEARTBEAT_TAG, dead_reason, process_tags
 from src.redaction import redact, redact_files
-from src.store import SWEEP_OVERRIDES_TAG, SWEEP_TAG, client, ensure_store, experiment_id
+from src.store import PARENT_TAG, SWEEP_OVERRIDES_TAG, SWEEP_TAG, client, ensure_store, experiment_id
 from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, git_state, signals_blocked
 
 PARENT_RUN_FILE = "mlflow_parent_run.json"
@@ -135,8 +136,30 @@ class _SweepParent:
         redact_files(self.sweep_dir, "multirun.yaml")  # Hydra's record of the sweep
         results = JobResult.read_all(self.sweep_dir, self.run_id)
         status = sweep_status([r.status for r in results], completed)
+        if status == KILLED:
+            self._end_interrupted_jobs(results)
         end_parent_run(self.tracking_uri, self.run_id, status)
         print(summary(results, self.run_id, status), file=sys.stderr)
+
+    def _end_interrupted_jobs(self, results: List[JobResult], wait_seconds: float = 15) -> None:
+        """Jobs in worker processes that a Ctrl-C killed before they could end their runs: KILLED, not RUNNING."""
+        mlflow_client = client(self.tracking_uri)
+        running = mlflow_client.search_runs(
+            [mlflow_client.get_run(self.run_id).info.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.run_id}' and attributes.status = 'RUNNING'",
+        )
+        deadline = time.monotonic() + wait_seconds
+        for run in running:
+            while dead_reason(run) is None and time.monotonic() < deadline:  # a worker may still be closing it
+                time.sleep(0.5)
+                run = mlflow_client.get_run(run.info.run_id)
+            if run.info.status == RUNNING and dead_reason(run) is not None:
+                with signals_blocked():
+                    mlflow_client.set_tag(run.info.run_id, "error", "interrupted with its sweep")
+                    mlflow_client.set_terminated(run.info.run_id, KILLED)
+        for result in results:
+            if result.status == RUNNING:
+                result.status, result.error = KILLED, "interrupted with its sweep"
 
 
 def summary(results: Sequence[JobResult], parent_run_id: str, status: str) -> str:

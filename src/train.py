@@ -107,6 +107,11 @@ def _with_absolute_data_path(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def _in_worker_process(hydra_cfg) -> bool:
+    """Whether this job runs in a launcher's worker process (joblib, Ray, SLURM), not in the sweep's own."""
+    return hydra_cfg.mode == RunMode.MULTIRUN and "BasicLauncher" not in hydra_cfg.launcher._target_
+
+
 def _job_threads(cfg: DictConfig, hydra_cfg) -> int:
     """`train.threads`, or with 0 under a parallel launcher, this job's share of the cores."""
     n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=None)
@@ -135,11 +140,13 @@ def main(cfg: DictConfig) -> None:
     try:
         result = train(cfg, parent_run_id=parent_run_id, overrides=overrides, output_dir=output_dir)
         job.status, job.run_id, job.run_name, job.error = result.status, result.run_id, result.run_name, result.error
-    except RunInterrupted as exc:
-        job.status, job.run_id, job.error = KILLED, exc.run_id, "interrupted"
-        raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         job.status, job.error = KILLED, "interrupted"
+        job.run_id = exc.run_id if isinstance(exc, RunInterrupted) else None
+        if _in_worker_process(hydra_cfg):
+            job.write(output_dir)
+            logging.shutdown()
+            os._exit(130)  # a launcher's worker ends with its job: its pool would otherwise keep it training
         raise
     except Exception as exc:
         job.status, job.error = FAILED, (str(exc).splitlines() or [type(exc).__name__])[0]
@@ -154,6 +161,8 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.stdout, sys.stderr = RedactedStream(sys.stdout), RedactedStream(sys.stderr)
+    # SIGTERM ends a sweep like Ctrl-C: its parent run KILLED, the summary printed, workers stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     compat.one_line_config_errors(composition_error_line)
     try:
         main()
