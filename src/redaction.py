@@ -1,5 +1,6 @@
 """Secrets out of everything the project writes or prints: URI passwords and credential variables."""
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -32,6 +33,20 @@ class RedactedStream:
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        return True
+
+
+def redact_log_handlers() -> None:
+    """Mask secrets in every record the handlers configured so far write (Hydra's job and sweep logs)."""
+    for name in ("", "hydra"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _RedactingFilter) for f in handler.filters):
+                handler.addFilter(_RedactingFilter())
 
 
 def redact_files(folder: Path, pattern: str = "*.yaml") -> None:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from src.errors import UserError
 from src.liveness import HEARTBEAT_TAG, dead_reason, process_tags
-from src.redaction import redact, redact_files
+from src.redaction import redact, redact_files, redact_log_handlers
 from src.store import PARENT_TAG, SWEEP_OVERRIDES_TAG, SWEEP_TAG, client, ensure_store, experiment_id
 from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, git_state, signals_blocked
 
@@ -57,7 +57,7 @@ def create_parent_run(
         **identity,
         **(tags or {}),
     }
-    return client(tracking_uri).create_run(exp_id, run_name=name[:250], tags=all_tags).info.run_id
+    return client(tracking_uri).create_run(exp_id, run_name=redact(name)[:250], tags=all_tags).info.run_id
 
 
 def end_parent_run(tracking_uri: str, run_id: str, status: str) -> None:
@@ -88,6 +88,7 @@ class HydraMlflowCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # (A single run needs nothing here: train() checks the config, the data, then the store.)
+        redact_log_handlers()  # before the launcher logs each job's overrides
         try:
             ensure_store(config.mlflow.tracking_uri)
             self._sweep = _SweepParent.start(config)

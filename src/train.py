@@ -16,7 +16,7 @@ from src import compat
 from src.config import run_name, validate
 from src.data import load_higgs
 from src.errors import ConfigError, JobFailed, RunInterrupted, UserError, composition_error_line
-from src.redaction import RedactedStream, redact, redact_files
+from src.redaction import RedactedStream, redact, redact_files, redact_log_handlers
 from src.store import DATA_DIGEST_TAG, ensure_store, finished_run_with_digest
 from src.sweep import JobResult, read_parent_run_id
 from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, RunResult, config_digest
@@ -133,6 +133,7 @@ def main(cfg: DictConfig) -> None:
     overrides = list(hydra_cfg.overrides.task)
     cfg.train.threads = _job_threads(cfg, hydra_cfg)
     redact_files(output_dir / ".hydra")  # Hydra's record of the job's config and overrides
+    redact_log_handlers()
     parent_run_id = read_parent_run_id(Path(hydra_cfg.sweep.dir)) if multirun else None
     job = JobResult(job=hydra_cfg.job.num if multirun else 0, run_name=run_name(cfg), parent_run_id=parent_run_id,
                     overrides=[redact(o) for o in overrides])

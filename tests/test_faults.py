@@ -203,3 +203,54 @@ def test_compare_says_when_a_group_mixes_runs_of_different_lengths():
     table = format_table(table_rows(group_runs([run("0", 7), run("1", 40)])))
     assert "fit-none-tiny*" in table and "different numbers of epochs" in table
     assert "*" not in format_table(table_rows(group_runs([run("0", 40), run("1", 40)])))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to_group", [False, True], ids=["sigterm-to-sweep", "sigterm-to-process-group"])
+def test_sigterm_to_a_parallel_sweep_ends_every_run_killed_and_leaves_no_worker(tmp_path, higgs_file, to_group):
+    import os
+    import signal
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", "model=tiny", "train.epochs=100000",
+            f"data.path={higgs_file}", "data.n_validation=500", "data.n_train=1000", "quiet=true",
+            f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={tmp_path}/art", f"hydra.sweep.dir={tmp_path}/sweep"]
+    proc = subprocess.Popen(cli(*args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / "mlflow.db").exists() or len([
+            r for r in (ensure_store(uri) or all_runs(uri))  # the lock: the sweep may be creating the store
+            if r.info.status == "RUNNING" and "mlflow.parentRunId" in r.data.tags
+        ]) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGTERM) if to_group else proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+        deadline = time.monotonic() + 30
+        while subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, "worker processes outlived their sweep"
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    statuses = sorted((r.data.tags.get("sweep") == "true", r.info.status) for r in all_runs(uri))
+    assert statuses == [(False, "KILLED"), (False, "KILLED"), (True, "KILLED")]
+    assert "2 KILLED" in stderr
+
+
+@pytest.mark.slow
+def test_a_diverging_job_under_joblib_is_data_and_the_others_finish(tmp_path, higgs_file):
+    """Its exception once could not cross the process boundary, crashing the pool and every other job."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = subprocess.run(cli(
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "train.learning_rate=inf,0.001,0.002", "model=tiny",
+        "train.epochs=2", f"data.path={higgs_file}", "data.n_validation=500", "data.n_train=1000", "quiet=true",
+        f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={tmp_path}/art", f"hydra.sweep.dir={tmp_path}/sweep",
+    ), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    runs = {r.data.params.get("train.learning_rate"): r for r in all_runs(uri) if r.data.tags.get("sweep") != "true"}
+    assert runs["inf"].info.status == "FAILED" and "diverged" in runs["inf"].data.tags["error"]
+    assert runs["0.001"].info.status == runs["0.002"].info.status == "FINISHED"
+    assert "1 FAILED, 2 FINISHED" in proc.stderr
