@@ -3,7 +3,6 @@
 import argparse
 import logging
 import os
-import signal
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from src.config import NON_SEMANTIC_KEYS, compose_config
+from src.interrupts import handle_interrupts
 from src.liveness import dead_reason
 from src.errors import UserError
 from src.store import (
@@ -307,7 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger("src.epochs").setLevel(logging.WARNING)  # the progress bars show epochs already
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar for one small YAML is noise
     # SIGTERM ends the run like Ctrl-C: KILLED in MLflow, never left RUNNING.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    handle_interrupts()
     tracking_uri = args.tracking_uri or default_tracking_uri()
     try:
         client = open_store(tracking_uri)

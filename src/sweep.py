@@ -15,7 +15,8 @@ from src.errors import UserError
 from src.liveness import HEARTBEAT_TAG, dead_reason, process_tags
 from src.redaction import redact, redact_files, redact_log_handlers
 from src.store import PARENT_TAG, SWEEP_OVERRIDES_TAG, SWEEP_TAG, client, ensure_store, experiment_id
-from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, git_state, signals_blocked
+from src.interrupts import signals_blocked
+from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, git_state
 
 PARENT_RUN_FILE = "mlflow_parent_run.json"
 JOB_RESULT_FILE = "job_result.json"

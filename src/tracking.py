@@ -3,7 +3,6 @@
 import hashlib
 import json
 import logging
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from src import compat
 from src.config import NON_SEMANTIC_KEYS, PROJECT_ROOT, to_plain
 from src.errors import NonFiniteLossError, RunInterrupted, TrackingError, UserError
+from src.interrupts import signals_blocked
 from src.liveness import Heartbeat, process_tags, reap_dead_runs
 from src.redaction import redact
 from src.store import (
@@ -231,17 +231,6 @@ def _quietly(write, *args, quiet: bool = False) -> None:
     except Exception as exc:
         what = getattr(write, "__name__", "a closing write")
         (log.debug if quiet else log.warning)("the store did not take %s (%s)", what, store_error_line(exc))
-
-
-@contextmanager
-def signals_blocked() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block is done (they are delivered afterwards)."""
-    blocked = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _record_failure(mlflow_client, run_id: str, exc: BaseException) -> None:

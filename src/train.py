@@ -2,7 +2,6 @@
 
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -16,6 +15,7 @@ from src import compat
 from src.config import run_name, validate
 from src.data import load_higgs
 from src.errors import ConfigError, JobFailed, RunInterrupted, UserError, composition_error_line
+from src.interrupts import handle_interrupts, raise_if_interrupted
 from src.redaction import RedactedStream, redact, redact_files, redact_log_handlers
 from src.store import DATA_DIGEST_TAG, ensure_store, finished_run_with_digest
 from src.sweep import JobResult, read_parent_run_id
@@ -83,7 +83,7 @@ def train(
             learning_rate=cfg.train.learning_rate,
             jit_compile=cfg.train.jit_compile,
             progress=not cfg.quiet,
-            on_epoch_end=(run.log_epoch, *on_epoch_end),
+            on_epoch_end=(run.log_epoch, raise_if_interrupted, *on_epoch_end),
         )
         try:
             loops.LOOPS[cfg.loop.name](model, train_ds, val_ds, cfg.loop, settings)
@@ -125,8 +125,7 @@ def _job_threads(cfg: DictConfig, hydra_cfg) -> int:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: one job of a run or a sweep; its outcome is left in job_result.json."""
-    # SIGTERM ends the run like Ctrl-C: KILLED in MLflow, never left RUNNING.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    handle_interrupts()  # in a launcher's worker too: SIGTERM ends the run KILLED, never left RUNNING
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -162,8 +161,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.stdout, sys.stderr = RedactedStream(sys.stdout), RedactedStream(sys.stderr)
-    # SIGTERM ends a sweep like Ctrl-C: its parent run KILLED, the summary printed, workers stopped.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    handle_interrupts()  # SIGTERM ends a sweep like Ctrl-C: its parent KILLED, the summary printed, workers stopped
     compat.one_line_config_errors(composition_error_line)
     try:
         main()

@@ -2,7 +2,13 @@
 
 import gzip
 import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, List
 
 import numpy as np
@@ -11,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from src.config import CONFIG_DIR, PROJECT_ROOT
+from tests.helpers import free_port
 
 SAMPLE = Path(os.environ.get("HIGGS_SAMPLE", PROJECT_ROOT.parent / "shared" / "data" / "higgs_sample.csv.gz"))
 
@@ -67,3 +74,44 @@ def make_cfg(higgs_file, store_overrides) -> Callable[..., DictConfig]:
             return compose("config", overrides=[*base, *overrides])
 
     return make
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 over a SQLite store (.url, .stop()); it and its workers end with the test."""
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "mlflow server did not come up"
+                time.sleep(0.5)
+        yield SimpleNamespace(url=url, stop=lambda: _stop_group(proc))
+    finally:
+        _stop_group(proc)
+        log.close()
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to a process and everything it started, SIGKILL after 30 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass

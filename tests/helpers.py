@@ -1,24 +1,70 @@
-"""Helpers for tests that drive the CLI in a subprocess."""
+"""The one way tests run a command, find a free port, read runs and histories, and pick out error lines."""
 
+import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Sequence
 
 from mlflow import MlflowClient
 
+from src.store import ensure_store, is_sweep_parent, metric_histories
+
 EXPERIMENT = "overfit-and-underfit"
+
+# Lines that are not the error: TensorFlow/absl start-up chatter, MLflow's INFO logging
+# (e.g. creating a new store), and Hydra's frame around a job's error.
+NOISE = [
+    re.compile(p)
+    for p in (
+        r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",
+        r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ",
+        r"^To enable the following instructions: .* with the appropriate compiler flags\.$",
+        r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO ",
+        r"^Error executing job with overrides: \[.*\]$",
+        r"^Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace\.$",
+    )
+]
 
 
 def cli(*args: str) -> List[str]:
+    """`python -m src.train ARGS` as an argument list."""
     return [sys.executable, "-m", "src.train", *args]
 
 
+def run_module(
+    module: str, args: Sequence[str], cwd: Path, timeout: float = 600, env_drop: Sequence[str] = (), env=None
+) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` to completion, output captured."""
+    environment = {k: v for k, v in os.environ.items() if k not in env_drop}
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=environment
+    )
+
+
 def run_cli(args: List[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(cli(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return run_module("src.train", args, cwd, timeout)
+
+
+def error_lines(stderr: str) -> List[str]:
+    """The lines of stderr that are not start-up chatter: a one-line error gives exactly one."""
+    return [line for line in stderr.splitlines() if line.strip() and not any(p.search(line) for p in NOISE)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def all_runs(tracking_uri: str) -> list:
+    """Every run of the project's experiment (the store opened through its lock: a job may be creating it)."""
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
+        return []
+    ensure_store(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     return [] if experiment is None else client.search_runs([experiment.experiment_id])
@@ -27,6 +73,26 @@ def all_runs(tracking_uri: str) -> list:
 def split_runs(tracking_uri: str):
     """(parent runs, child runs) of the experiment."""
     runs = all_runs(tracking_uri)
-    parents = [r for r in runs if r.data.tags.get("sweep") == "true"]
-    children = [r for r in runs if r.data.tags.get("sweep") != "true"]
-    return parents, children
+    return [r for r in runs if is_sweep_parent(r)], [r for r in runs if not is_sweep_parent(r)]
+
+
+def history(client, run_id: str, keys: Sequence[str]) -> Dict[str, List[float]]:
+    """Each metric's values in step order (the project's one history reader underneath)."""
+    by_step = metric_histories(client, client.get_run(run_id), keys)
+    return {key: [steps[s] for s in sorted(steps)] for key, steps in by_step.items()}
+
+
+def expected_stats(client, run_id: str) -> Dict[str, float]:
+    """A comparison table's numbers for one run, recomputed here from its metric histories."""
+    import numpy as np
+
+    h = history(client, run_id, ("val_binary_crossentropy", "binary_crossentropy", "val_accuracy"))
+    val = h["val_binary_crossentropy"]
+    return {
+        "final_val_binary_crossentropy": val[-1],
+        "best_val_binary_crossentropy": min(val),
+        "best_epoch": int(np.argmin(val)),
+        "final_train_val_gap": val[-1] - h["binary_crossentropy"][-1],
+        "final_val_accuracy": h["val_accuracy"][-1],
+        "val_bce_wobble": float(np.mean(np.abs(np.diff(val[(len(val) - 1) // 2 :])))),
+    }

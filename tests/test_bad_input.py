@@ -1,36 +1,25 @@
-"""Bad input to `python -m src.train`: one clear line on stderr, a non-zero exit, no run left RUNNING.
+"""Bad input to `python -m src.train`: one clear line, a non-zero exit, no run left RUNNING.
 
-Each case runs the real command line in a subprocess, from a temporary
-directory, with its store, artifacts, cache and Hydra output there too.
+The whole matrix is checked in-process, through the same steps the command takes before any
+run exists (compose, then `train()`'s checks of config, data and store); one case of each
+error family also runs the real command line in a subprocess.
 """
 
 import gzip
 import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from hydra.errors import ConfigCompositionException, OverrideParseException
+
+from src.config import compose_config
+from src.errors import UserError, composition_error_line
+from src.train import train
+from tests.helpers import error_lines, free_port, run_module
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 ROOT_REASON = "runs as root, where file permissions do not block access"
-
-# Lines that are not the error. TensorFlow/absl start-up chatter and MLflow's INFO
-# logging may precede it; Hydra frames a job's error with the first and last line.
-NOISE = [
-    re.compile(p)
-    for p in (
-        r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$",
-        r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ",  # absl / TensorFlow C++ log line
-        r"^To enable the following instructions: .* with the appropriate compiler flags\.$",
-        r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d INFO ",  # MLflow's INFO log, e.g. creating a new store
-        r"^Error executing job with overrides: \[.*\]$",
-        r"^Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace\.$",
-    )
-]
 
 # The small data set every case trains on unless it overrides it: the bad rows of
 # the data cases are within these first 600 rows.
@@ -46,6 +35,9 @@ CASES = [
     ("wrong-type", ["train.epochs=abc"], r"train\.epochs=abc"),
     ("epochs-zero", ["train.epochs=0"], r"^train\.epochs=0: must be at least 1$"),
     ("epochs-negative", ["train.epochs=-1"], r"^train\.epochs=-1: must be at least 1$"),
+    ("seed-negative", ["seed=-1"], r"^seed=-1: must be in \[0, 2\*\*32\)$"),
+    ("device-unknown", ["device=tpu"], r"^Error merging override device=tpu: Invalid value 'tpu', expected one of \[auto, cpu, gpu\]$"),
+    ("experiment-name-empty", ["mlflow.experiment_name=''"], r"^mlflow\.experiment_name=: must not be empty$"),
     ("batch-larger-than-n_train", ["train.batch_size=1000"], r"^train\.batch_size=1000: larger than data\.n_train=500"),
     (
         "n_train-larger-than-file",
@@ -129,8 +121,16 @@ CASES = [
 ]
 
 
+# One case per error family, also run as the real command line.
+CLI_CASES = ("unknown-group-option", "epochs-zero", "28-fields", "tracking-server-not-listening")
+
+
 def _case_id(case) -> str:
     return case.id if hasattr(case, "id") and case.id else case[0]
+
+
+def _case(case_id: str):
+    return next(c for c in CASES if _case_id(c) == case_id)
 
 
 @pytest.fixture(scope="module")
@@ -169,80 +169,73 @@ def bad_data(tmp_path_factory, higgs_file) -> Path:
     unreadable.chmod(0o644)
 
 
-@pytest.fixture(scope="module")
-def store_template(tmp_path_factory) -> dict:
-    """The first empty store a case creates, copied into later cases: creating a store costs seconds."""
-    return {"dir": tmp_path_factory.mktemp("store_template")}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _error_lines(stderr: str):
-    return [line for line in stderr.splitlines() if line.strip() and not any(p.search(line) for p in NOISE)]
-
-
-def _runs(db: Path):
-    """(run ID, name, status) of every run in the store; none if the store was never created."""
-    if not db.exists():
-        return []
-    from mlflow import MlflowClient
-    from mlflow.entities import ViewType
-
-    client = MlflowClient(f"sqlite:///{db}")
-    experiment_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
-    if not experiment_ids:
-        return []
-    runs = client.search_runs(experiment_ids, run_view_type=ViewType.ALL)
-    return [(r.info.run_id, r.info.run_name, r.info.status) for r in runs]
-
-
-@pytest.mark.parametrize("case, extra, expected", CASES, ids=[_case_id(c) for c in CASES])
-def test_bad_input_fails_with_one_clear_line(tmp_path, bad_data, store_template, higgs_file, case, extra, expected):
-    places = {
+def _places(bad_data: Path, higgs_file, tmp_path: Path) -> dict:
+    return {
         "{data}": str(bad_data.resolve()),
         "{tmp}": str(tmp_path.resolve()),
         "{sample}": str(Path(higgs_file).resolve()),
-        "{port}": str(_free_port()),
+        "{port}": str(free_port()),
     }
 
-    def fill(text: str, escape=lambda s: s) -> str:
-        for key, value in places.items():
-            text = text.replace(key, escape(value))
-        return text
 
-    db = tmp_path / "mlruns" / "mlflow.db"
-    if "db" in store_template:
-        db.parent.mkdir()
-        shutil.copy(store_template["db"], db)
-    command = [
-        sys.executable,
-        "-m",
-        "src.train",
-        f"mlflow.tracking_uri=sqlite:///{db}",
+def _fill(text: str, places: dict, escape=lambda s: s) -> str:
+    for key, value in places.items():
+        text = text.replace(key, escape(value))
+    return text
+
+
+def _overrides(tmp_path: Path, bad_data: Path, extra, places) -> list:
+    """The case's overrides after a small, quiet base whose store, artifacts and outputs are the case's own."""
+    return [
+        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlruns/mlflow.db",
         f"mlflow.artifact_location={tmp_path}/mlruns/artifacts",
         f"data.cache_dir={tmp_path}/cache",
-        f"hydra.run.dir={tmp_path}/outputs",
         f"data.path={bad_data}/good.csv.gz",
         "model=tiny",
         "train.epochs=1",
         "quiet=true",
         *SMALL,
-        *(fill(o) for o in extra),
+        *(_fill(o, places) for o in extra),
     ]
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "HIGGS_PATH")}
-    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    stderr = proc.stderr
 
-    assert proc.returncode != 0, f"{case}: exit 0\n{stderr}"
-    assert "Traceback" not in stderr, stderr
-    lines = _error_lines(stderr)
-    assert len(lines) == 1, f"{case}: expected one error line, got {len(lines)}:\n" + "\n".join(lines)
-    assert re.search(fill(expected, re.escape), lines[0]), f"{case}: {lines[0]!r} does not match {expected!r}"
-    runs = _runs(db)
-    assert not [run for run in runs if run[2] == "RUNNING"], f"{case}: runs left RUNNING: {runs}"
-    if db.exists() and not runs and "db" not in store_template:
-        store_template["db"] = shutil.copy(db, store_template["dir"] / "mlflow.db")
+
+def _no_run_left_running(db: Path) -> None:
+    if not db.exists():
+        return
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(f"sqlite:///{db}")
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    runs = client.search_runs(experiments, run_view_type=ViewType.ALL) if experiments else []
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+@pytest.mark.parametrize("case, extra, expected", CASES, ids=[_case_id(c) for c in CASES])
+def test_bad_input_is_one_line_naming_the_key_or_file(tmp_path, bad_data, higgs_file, case, extra, expected):
+    places = _places(bad_data, higgs_file, tmp_path)
+    try:
+        cfg = compose_config(_overrides(tmp_path, bad_data, extra, places))
+    except (ConfigCompositionException, OverrideParseException) as exc:  # Hydra's, MissingConfigException included
+        line = composition_error_line(exc)
+    else:
+        with pytest.raises(UserError) as err:
+            train(cfg)
+        line = str(err.value)
+    assert "\n" not in line, line
+    assert re.search(_fill(expected, places, re.escape), line), f"{case}: {line!r} does not match {expected!r}"
+    _no_run_left_running(tmp_path / "mlruns" / "mlflow.db")
+
+
+@pytest.mark.parametrize("case_id", CLI_CASES)
+def test_the_command_line_prints_that_one_line_and_exits_non_zero(tmp_path, bad_data, higgs_file, case_id):
+    _, extra, expected = _case(case_id)
+    places = _places(bad_data, higgs_file, tmp_path)
+    args = [*_overrides(tmp_path, bad_data, extra, places), f"hydra.run.dir={tmp_path}/outputs"]
+    proc = run_module("src.train", args, cwd=tmp_path, env_drop=("HYDRA_FULL_ERROR", "HIGGS_PATH"))
+    assert proc.returncode != 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1, f"{case_id}: expected one error line, got:\n" + "\n".join(lines)
+    assert re.search(_fill(expected, places, re.escape), lines[0]), lines[0]
+    _no_run_left_running(tmp_path / "mlruns" / "mlflow.db")

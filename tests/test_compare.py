@@ -1,8 +1,6 @@
 """Side-by-side comparison: figures from MLflow's histories, a table that matches them, seed groups."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,71 +8,7 @@ from mlflow import MlflowClient
 
 from src.compare import main
 from src.train import train
-
-
-def _history(client, run_id, key):
-    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
-
-
-def _expected_stats(client, run_id):
-    """The table's numbers, recomputed here straight from the metric histories."""
-    val = _history(client, run_id, "val_binary_crossentropy")
-    train_bce = _history(client, run_id, "binary_crossentropy")
-    return {
-        "final_val_binary_crossentropy": val[-1],
-        "best_val_binary_crossentropy": min(val),
-        "best_epoch": int(np.argmin(val)),
-        "final_train_val_gap": val[-1] - train_bce[-1],
-        "final_val_accuracy": _history(client, run_id, "val_accuracy")[-1],
-        "val_bce_wobble": float(np.mean(np.abs(np.diff(val[(len(val) - 1) // 2 :])))),
-    }
-
-
-def test_compare_latest_sweep(higgs_file, store_overrides, tracking_uri, tmp_path, capsys):
-    sweep = subprocess.run(
-        [
-            sys.executable, "-m", "src.train", "-m", "reg=none,l2", "loop=fit,tape",
-            f"data.path={higgs_file}", "data.n_validation=500", "data.n_train=1000", "train.epochs=2",
-            "model=tiny", "quiet=true", f"hydra.sweep.dir={tmp_path}/sweep", *store_overrides,
-        ],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name("overfit-and-underfit").experiment_id
-    [parent] = client.search_runs([experiment], filter_string="tags.sweep = 'true'")
-    parent_id = parent.info.run_id
-
-    out, table_json = tmp_path / "report", tmp_path / "table.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "src.compare", "--tracking-uri", tracking_uri, "--out", str(out), "--json", str(table_json)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert "overlay_val_binary_crossentropy.png" in pngs and len(pngs) == 1 + 4 * 2
-    assert all((out / p).stat().st_size > 1000 for p in pngs)
-    logged = {a.path for a in client.list_artifacts(parent_id, "compare")}
-    assert "compare/overlay_val_binary_crossentropy.png" in logged and "compare/table.json" in logged
-    assert len(client.list_artifacts(parent_id, "compare/runs")) == 4
-
-    report = json.loads(table_json.read_text())
-    assert report["sweep_run_id"] == parent_id
-    rows = report["groups"]
-    assert sorted(r["label"] for r in rows) == ["fit-l2-tiny", "fit-none-tiny", "tape-l2-tiny", "tape-none-tiny"]
-    for row in rows:
-        assert row["n"] == 1 and row["epochs"] == [2]
-        [run_id] = row["run_ids"]
-        for key, value in _expected_stats(client, run_id).items():
-            assert row["stats"][key]["mean"] == value and row["stats"][key]["values"] == [value], key
-            assert row["stats"][key]["std"] is None
-        # the printed table shows the same numbers, rounded
-        line = next(line for line in proc.stdout.splitlines() if line.startswith(row["label"] + " "))
-        assert f"{row['stats']['final_val_binary_crossentropy']['mean']:.4f}" in line
-        assert f"{row['stats']['final_val_accuracy']['mean']:.4f}" in line
-
-    # one sweep in the store: asking for the two latest is a one-line error
-    assert main(["--latest", "2", "--tracking-uri", tracking_uri]) == 2
+from tests.helpers import expected_stats
 
 
 def test_seed_groups_show_mean_and_std(make_cfg, tracking_uri, tmp_path, capsys):
@@ -83,8 +17,8 @@ def test_seed_groups_show_mean_and_std(make_cfg, tracking_uri, tmp_path, capsys)
     experiment = client.create_experiment("overfit-and-underfit", artifact_location=(tmp_path / "art").as_uri())
     parent = client.create_run(experiment, run_name="sweep", tags={"sweep": "true", "sweep_overrides": "seed=0,1 reg=none"})
     parent_id = parent.info.run_id
-    runs = [train(make_cfg(f"seed={s}", "train.epochs=3"), parent_run_id=parent_id)["run_id"] for s in (0, 1)]
-    single = train(make_cfg("seed=0", "reg=l2", "train.epochs=3"), parent_run_id=parent_id)["run_id"]
+    runs = [train(make_cfg(f"seed={s}", "train.epochs=3"), parent_run_id=parent_id).run_id for s in (0, 1)]
+    single = train(make_cfg("seed=0", "reg=l2", "train.epochs=3"), parent_run_id=parent_id).run_id
     client.set_terminated(parent_id)
     capsys.readouterr()
 
@@ -95,7 +29,7 @@ def test_seed_groups_show_mean_and_std(make_cfg, tracking_uri, tmp_path, capsys)
     assert set(rows) == {"fit-none-tiny", "fit-l2-tiny"}
     group = rows["fit-none-tiny"]
     assert group["n"] == 2 and group["run_ids"] == runs and group["seeds"] == ["0", "1"]
-    expected = [_expected_stats(client, r) for r in runs]
+    expected = [expected_stats(client, r) for r in runs]
     for key, stat in group["stats"].items():
         values = [e[key] for e in expected]
         assert stat["values"] == values

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from src.data import load_higgs
 from src.errors import DataError
+from tests.helpers import free_port
 
 N_FEATURES = 28
 
@@ -282,12 +283,6 @@ class _FileServer:
         self.thread.join(5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_download_streams_only_the_rows_it_needs_then_works_offline(tmp_path):
     big = tmp_path / "HIGGS.csv.gz"
     block = write_big_uci_gzip(big, n_rows=50_000)
@@ -332,7 +327,7 @@ def test_download_streams_only_the_rows_it_needs_then_works_offline(tmp_path):
 
 
 def test_download_without_cache_or_server_is_one_line_naming_data_path(tmp_path):
-    url = f"http://127.0.0.1:{_free_port()}/HIGGS.csv.gz"
+    url = f"http://127.0.0.1:{free_port()}/HIGGS.csv.gz"
     with pytest.raises(DataError) as err:
         load_higgs(data_cfg(url=url, cache_dir=tmp_path / "empty-cache"))
     message = str(err.value)

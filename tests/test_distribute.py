@@ -3,7 +3,7 @@
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers import run_cli, split_runs
+from tests.helpers import history, run_cli, split_runs
 
 KEYS = ("loss", "val_loss", "accuracy", "val_accuracy", "reg_loss", "val_binary_crossentropy")
 # Two replicas sum two half-batch gradients instead of one full-batch gradient:
@@ -24,7 +24,7 @@ def _sweep(higgs_file, tmp_path, logical_cpus):
     client = MlflowClient(uri)
     _, children = split_runs(uri)
     return {
-        run.info.run_name: (run.data.tags, {k: [m.value for m in sorted(client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)] for k in KEYS})
+        run.info.run_name: (run.data.tags, history(client, run.info.run_id, KEYS))
         for run in children
     }
 

@@ -60,11 +60,7 @@ def _wait_for_epochs(proc, uri: str, epochs: int, timeout: float = 180) -> str:
     while True:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, f"no {epochs} epochs in the store after {timeout} s"
-        if not Path(uri[len("sqlite:///"):]).exists():
-            time.sleep(0.5)
-            continue
-        ensure_store(uri)  # waits (on the store's lock) while the job is still creating it
-        runs = all_runs(uri)
+        runs = all_runs(uri)  # through the store's lock: the job may still be creating it
         if runs and len(MlflowClient(uri).get_metric_history(runs[0].info.run_id, "loss")) >= epochs:
             return runs[0].info.run_id
         time.sleep(0.5)
@@ -155,6 +151,7 @@ def test_deleted_experiment_and_moved_artifact_location_are_said_in_one_line(tra
         experiment_id(tracking_uri, " ", None)
 
 
+@pytest.mark.slow  # TensorFlow takes ~10 s to give up on 40 GB
 def test_a_model_too_large_for_memory_is_a_config_error(make_cfg):
     from src.errors import ConfigError
     from src.models import build_model
@@ -219,10 +216,7 @@ def test_sigterm_to_a_parallel_sweep_ends_every_run_killed_and_leaves_no_worker(
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 180
-        while not (tmp_path / "mlflow.db").exists() or len([
-            r for r in (ensure_store(uri) or all_runs(uri))  # the lock: the sweep may be creating the store
-            if r.info.status == "RUNNING" and "mlflow.parentRunId" in r.data.tags
-        ]) < 2:
+        while len([r for r in all_runs(uri) if r.info.status == "RUNNING" and "mlflow.parentRunId" in r.data.tags]) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
             time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGTERM) if to_group else proc.send_signal(signal.SIGTERM)
@@ -254,3 +248,44 @@ def test_a_diverging_job_under_joblib_is_data_and_the_others_finish(tmp_path, hi
     assert runs["inf"].info.status == "FAILED" and "diverged" in runs["inf"].data.tags["error"]
     assert runs["0.001"].info.status == runs["0.002"].info.status == "FINISHED"
     assert "1 FAILED, 2 FINISHED" in proc.stderr
+
+
+@pytest.mark.slow  # a real server's start-up is most of it
+def test_a_server_that_dies_mid_run_stops_the_run_in_bounded_time_and_sigterm_is_honoured(tmp_path, higgs_file, mlflow_server):
+    """Once this job ran 9 minutes after its server died and ignored SIGTERM for 4."""
+    import signal
+
+    args = ["model=tiny", "train.epochs=100000", f"data.path={higgs_file}", "data.n_validation=500",
+            "data.n_train=1000", "quiet=true", f"mlflow.tracking_uri={mlflow_server.url}", f"hydra.run.dir={tmp_path}/out"]
+    # retry budget 5 s: the job stops by itself
+    proc = subprocess.Popen(cli(*args, "mlflow.retry_seconds=5"), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    second = None
+    try:
+        run_id = _wait_for_epochs(proc, mlflow_server.url, 2)
+        # a second job with the default budget (120 s), to be stopped by SIGTERM while it retries
+        second = subprocess.Popen(cli(*args[:-1], f"hydra.run.dir={tmp_path}/out2"), cwd=tmp_path,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while len(all_runs(mlflow_server.url)) < 2:
+            assert second.poll() is None and time.monotonic() < deadline, second.communicate()[1][-3000:]
+            time.sleep(0.5)
+        time.sleep(3)
+        mlflow_server.stop()
+        stopped = time.monotonic()
+        _, stderr = proc.communicate(timeout=120)
+        by_itself = time.monotonic() - stopped
+        time.sleep(max(0.0, 8 - by_itself))  # the second job is retrying by now
+        second.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        _, second_stderr = second.communicate(timeout=120)
+        after_sigterm = time.monotonic() - signalled
+    finally:
+        for p in (proc, second):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    [line] = [line for line in stderr.splitlines() if "stopped taking writes" in line]
+    assert "no answer from the server" in line and run_id in line and by_itself < 60, (line, by_itself)
+    assert (tmp_path / "out" / "unwritten_metrics.jsonl").exists()
+    assert second.returncode == 130 and "interrupted" in second_stderr and after_sigterm < 30, after_sigterm

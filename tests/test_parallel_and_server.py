@@ -1,10 +1,5 @@
 """Parallel sweeps (Hydra's joblib launcher) against one SQLite store, and a real MLflow tracking server."""
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 from mlflow import MlflowClient
@@ -34,6 +29,7 @@ def _assert_complete(tracking_uri, n_children, epochs):
     return children
 
 
+@pytest.mark.slow  # the 8-job test below covers the same ground at scale
 def test_joblib_launcher_runs_jobs_in_parallel_processes(higgs_file, tmp_path, store_overrides, tracking_uri):
     args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "loop=fit,tape", "train.epochs=3"]
     proc = run_cli([*args, *_sweep_args(higgs_file, tmp_path, store_overrides)], tmp_path)
@@ -52,47 +48,11 @@ def test_eight_parallel_jobs_finish_with_complete_histories(higgs_file, tmp_path
     _assert_complete(tracking_uri, 8, 5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real `mlflow server` on 127.0.0.1 over a SQLite store, stopped after the test."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read()[-2000:]
-                assert time.monotonic() < deadline, "mlflow server did not come up"
-                time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 @pytest.mark.slow  # about a minute: the server's own start-up is most of it
 def test_sweep_against_a_real_tracking_server(higgs_file, tmp_path, mlflow_server):
-    store = [f"mlflow.tracking_uri={mlflow_server}", f"data.cache_dir={tmp_path}/cache"]
+    store = [f"mlflow.tracking_uri={mlflow_server.url}", f"data.cache_dir={tmp_path}/cache"]
     proc = run_cli(["-m", "reg=none,l2", "train.epochs=2", *_sweep_args(higgs_file, tmp_path, store)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    children = _assert_complete(mlflow_server, 2, 2)
-    client = MlflowClient(mlflow_server)
+    children = _assert_complete(mlflow_server.url, 2, 2)
+    client = MlflowClient(mlflow_server.url)
     assert "config.yaml" in {a.path for a in client.list_artifacts(children[0].info.run_id)}

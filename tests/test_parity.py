@@ -14,8 +14,8 @@ MAX_ABS_DIFF = 0.0
 
 def parity(make_cfg, reg: str, *overrides: str) -> Dict[str, float]:
     """The largest per-epoch |fit - tape| of each PARITY_METRICS for one regularizer."""
-    fit = train(make_cfg("loop=fit", f"reg={reg}", *overrides))["history"]
-    tape = train(make_cfg("loop=tape", "loop.include_reg_loss=true", f"reg={reg}", *overrides))["history"]
+    fit = train(make_cfg("loop=fit", f"reg={reg}", *overrides)).history
+    tape = train(make_cfg("loop=tape", "loop.include_reg_loss=true", f"reg={reg}", *overrides)).history
     diffs = {}
     for key in PARITY_METRICS:
         assert len(fit[key]) == len(tape[key]), key

@@ -10,17 +10,9 @@ import yaml
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from src.reproduce import (
-    Difference,
-    compare_histories,
-    dataset_warnings,
-    drop_unknown_keys,
-    fill_missing,
-    main,
-    runtime_warnings,
-    typed_config,
-)
+from src.reproduce import main, rebuild_config
 from src.train import train
+from src.verdict import Difference, compare_histories, dataset_warnings, runtime_warnings
 
 
 def _reproduce(tmp_path, *args: str, env=None) -> subprocess.CompletedProcess:
@@ -43,19 +35,19 @@ def _new_run(client, original_id):
 def test_reproduction_is_bit_identical(make_cfg, tracking_uri, tmp_path):
     original = train(make_cfg("reg=l2_dropout"))
     # the store named by the environment, as MLflow's own tools take it
-    proc = _reproduce(tmp_path, original["run_id"], "--quiet", env={"MLFLOW_TRACKING_URI": tracking_uri})
+    proc = _reproduce(tmp_path, original.run_id, "--quiet", env={"MLFLOW_TRACKING_URI": tracking_uri})
     assert proc.returncode == 0, proc.stderr
     assert "identical" in proc.stdout
     client = MlflowClient(tracking_uri)
-    new = _new_run(client, original["run_id"])
-    assert new.info.run_id != original["run_id"] and new.info.status == "FINISHED"
+    new = _new_run(client, original.run_id)
+    assert new.info.run_id != original.run_id and new.info.status == "FINISHED"
     assert new.data.tags["reproduction_verdict"] == "identical"
     assert new.data.tags["reproduction_first_difference"] == "none"
     # the reproduction computed from the same config: same digest, same params (quiet aside)
-    assert new.data.tags["config_digest"] == client.get_run(original["run_id"]).data.tags["config_digest"]
+    assert new.data.tags["config_digest"] == client.get_run(original.run_id).data.tags["config_digest"]
     report = client.download_artifacts(new.info.run_id, "reproduction.txt", str(tmp_path))
     assert "identical" in open(report).read()
-    for key, values in original["history"].items():
+    for key, values in original.history.items():
         if key != "epoch_seconds":
             assert [m.value for m in client.get_metric_history(new.info.run_id, key)] == values, key
 
@@ -63,25 +55,25 @@ def test_reproduction_is_bit_identical(make_cfg, tracking_uri, tmp_path):
 def test_changed_logged_config_names_first_differing_metric(make_cfg, tracking_uri, tmp_path, capsys):
     original = train(make_cfg())
     client = MlflowClient(tracking_uri)
-    path = client.download_artifacts(original["run_id"], "config.yaml", str(tmp_path))
+    path = client.download_artifacts(original.run_id, "config.yaml", str(tmp_path))
     logged = yaml.safe_load(open(path))
     logged["train"]["learning_rate"] = 0.01
-    client.log_text(original["run_id"], yaml.safe_dump(logged), "config.yaml")  # overwrites the artifact
+    client.log_text(original.run_id, yaml.safe_dump(logged), "config.yaml")  # overwrites the artifact
 
     # In-process (the subprocess path is covered above): saves a TensorFlow start-up per call.
-    assert main([original["run_id"], "--tracking-uri", tracking_uri, "--quiet"]) == 1
+    assert main([original.run_id, "--tracking-uri", tracking_uri, "--quiet"]) == 1
     out, err = capsys.readouterr()
     # the learning rate acts from the first step: the epoch-0 training loss is the first value to differ
     assert "differs" in out and "first difference: loss at epoch 0" in out
     assert "config digest differs" in err  # the edited artifact no longer matches the run's tag
-    new = _new_run(client, original["run_id"])
+    new = _new_run(client, original.run_id)
     assert new.data.tags["reproduction_verdict"] == "differs"
     assert new.data.tags["reproduction_first_difference"].startswith("loss at epoch 0")
     assert new.data.params["train.learning_rate"] == "0.01"
 
     # A tolerance as large as the difference accepts it.
     client.delete_run(new.info.run_id)
-    assert main([original["run_id"], "--tracking-uri", tracking_uri, "--quiet", "--tolerance", "10"]) == 0
+    assert main([original.run_id, "--tracking-uri", tracking_uri, "--quiet", "--tolerance", "10"]) == 0
     assert "within_tolerance" in capsys.readouterr().out
 
 
@@ -142,16 +134,16 @@ def test_compare_histories_finds_first_difference_and_tolerates():
     assert compare_histories(nan, {"loss": {0: float("nan")}}).status == "identical"
 
 
-def test_typed_config_rejects_what_hydra_would(make_cfg):
-    logged = OmegaConf.to_container(make_cfg("loop=tape"), resolve=True)
-    cfg = typed_config(OmegaConf.create(logged))
-    assert cfg.loop.include_reg_loss is True and cfg.train.learning_rate == 0.001
+def test_logged_values_are_type_checked_against_todays_schema(make_cfg):
+    logged = OmegaConf.to_container(make_cfg("loop=tape", "train.learning_rate=0.01"), resolve=True, enum_to_str=True)
+    cfg, filled, dropped = rebuild_config(OmegaConf.create(logged))
+    assert cfg.loop.include_reg_loss is True and cfg.train.learning_rate == 0.01 and (filled, dropped) == ({}, {})
     bad_type = OmegaConf.create({**logged, "train": {**logged["train"], "epochs": "two"}})
     with pytest.raises(Exception, match="epochs"):
-        typed_config(bad_type)
-    extra_loop_key = OmegaConf.create({**logged, "loop": {"name": "fit", "include_reg_loss": True}})
-    with pytest.raises(Exception, match="include_reg_loss"):
-        typed_config(extra_loop_key)
+        rebuild_config(bad_type)
+    # a fit run has no include_reg_loss: a logged one does not fit the schema and is reported, not used
+    _, _, dropped = rebuild_config(OmegaConf.create({**logged, "loop": {"name": "fit", "include_reg_loss": True}}))
+    assert dropped == {"loop.include_reg_loss": True}
 
 
 def test_reproduce_sweep_puts_every_child_under_a_new_parent(make_cfg, tracking_uri, capsys):
@@ -159,7 +151,7 @@ def test_reproduce_sweep_puts_every_child_under_a_new_parent(make_cfg, tracking_
     client.search_experiments()  # creates the store
     experiment = client.create_experiment("overfit-and-underfit")
     parent = client.create_run(experiment, run_name="sweep reg=none,l2", tags={"sweep": "true"}).info.run_id
-    children = [train(make_cfg(f"reg={reg}", "train.epochs=1"), parent_run_id=parent)["run_id"] for reg in ("none", "l2")]
+    children = [train(make_cfg(f"reg={reg}", "train.epochs=1"), parent_run_id=parent).run_id for reg in ("none", "l2")]
     client.set_terminated(parent)
     capsys.readouterr()
 
@@ -178,16 +170,13 @@ def test_reproduce_sweep_puts_every_child_under_a_new_parent(make_cfg, tracking_
 
 
 def test_schema_drift_since_the_run_is_filled_and_dropped(make_cfg):
-    logged = OmegaConf.to_container(make_cfg("model=small", "reg=l2"), resolve=True)
+    logged = OmegaConf.to_container(make_cfg("model=small", "reg=l2"), resolve=True, enum_to_str=True)
     del logged["seed"], logged["model"]["activation"]  # as if the schema gained them after the run
     logged["data"]["shuffle_buffer"], logged["gone"] = 10000, 1  # as if it had lost these
-    loaded, dropped = drop_unknown_keys(OmegaConf.create(logged))
+    cfg, filled, dropped = rebuild_config(OmegaConf.create(logged))
     assert dropped == {"data.shuffle_buffer": 10000, "gone": 1}
-    cfg = typed_config(loaded, strict=False)
-    assert fill_missing(cfg) == {"model.activation": "elu", "seed": 0}
+    assert filled == {"model.activation": "elu", "seed": 0}
     assert cfg.model.hidden_units == [16, 16] and cfg.reg.l2 == 0.001 and not OmegaConf.missing_keys(cfg)
-    with pytest.raises(ValueError, match="seed"):
-        typed_config(loaded)
 
 
 def test_runtime_and_dataset_differences_are_warned():

@@ -1,10 +1,5 @@
 """Training into MLflow: the logged metrics mean what their names say, for both loops and every regularizer."""
 
-import json
-import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -32,10 +27,10 @@ def _history(client, run_id):
 def test_metrics_logged_per_epoch_with_consistent_meaning(make_cfg, tracking_uri, loop, reg):
     result = train(make_cfg(f"loop={loop}", f"reg={reg}", "model=small"))
     client = MlflowClient(tracking_uri)
-    run = client.get_run(result["run_id"])
+    run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.info.run_name == f"{loop}-{reg}-small"
-    history = _history(client, result["run_id"])
+    history = _history(client, result.run_id)
     for key, points in history.items():
         assert [step for step, _ in points] == [0, 1], key
     last = {key: points[-1][1] for key, points in history.items()}
@@ -54,16 +49,16 @@ def test_metrics_logged_per_epoch_with_consistent_meaning(make_cfg, tracking_uri
     assert params["loop.name"] == loop and params["reg.name"] == reg and params["train.epochs"] == "2"
     assert "mlflow.tracking_uri" not in params
     assert run.data.tags["mlflow.source.git.commit"]
-    artifacts = {a.path for a in client.list_artifacts(result["run_id"])}
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert "config.yaml" in artifacts
-    curves = {a.path for a in client.list_artifacts(result["run_id"], "curves")}
+    curves = {a.path for a in client.list_artifacts(result.run_id, "curves")}
     assert curves == {"curves/loss.png", "curves/accuracy.png"}
     assert {d.dataset.digest for d in run.inputs.dataset_inputs} and len(run.inputs.dataset_inputs) == 2
 
 
 def test_tape_without_reg_loss_ignores_the_penalty(make_cfg, tracking_uri):
     result = train(make_cfg("loop=tape", "reg=l2", "loop.include_reg_loss=false"))
-    history = _history(MlflowClient(tracking_uri), result["run_id"])
+    history = _history(MlflowClient(tracking_uri), result.run_id)
     last = {key: points[-1][1] for key, points in history.items()}
     assert last["reg_loss"] > 0  # the layers still carry the penalty...
     assert last["loss"] == pytest.approx(last["binary_crossentropy"], abs=1e-6)  # ...but nothing minimizes it
@@ -77,37 +72,13 @@ def test_accuracy_thresholds_logits_at_zero(make_cfg, loop):
     train_ds, val_ds = make_datasets(splits, cfg.train.batch_size, cfg.seed)
     model = build_model(cfg.model, cfg.reg, cfg.data.n_features)
     logged = {}
-    common = dict(strategy=tf.distribute.get_strategy(), epochs=1, steps_per_epoch=cfg.data.n_train // cfg.train.batch_size, learning_rate=1e-3,
-                  jit_compile=False, progress=False, on_epoch_end=lambda epoch, m: logged.update(m))
-    if loop == "fit":
-        loops.run_fit(model, train_ds, val_ds, **common)
-    else:
-        loops.run_tape(model, train_ds, val_ds, include_reg_loss=True, compile=True, **common)
+    settings = loops.LoopSettings(
+        strategy=tf.distribute.get_strategy(), epochs=1, steps_per_epoch=cfg.data.n_train // cfg.train.batch_size,
+        learning_rate=1e-3, jit_compile=False, progress=False, on_epoch_end=[lambda epoch, m: logged.update(m)],
+    )
+    loops.LOOPS[loop](model, train_ds, val_ds, cfg.loop, settings)
     logits = model.predict(splits.x_val, verbose=0)
     expected = np.mean((logits > 0).astype(np.float32) == splits.y_val)
     assert logged["val_accuracy"] == pytest.approx(expected, abs=1e-6)
     # Keras's default threshold of 0.5 on logits would count differently on this model.
     assert expected != pytest.approx(np.mean((logits > 0.5).astype(np.float32) == splits.y_val), abs=1e-6)
-
-
-def test_cli_multirun_gives_one_parent_and_four_finished_children(higgs_file, tracking_uri, store_overrides, tmp_path):
-    cmd = [
-        sys.executable, "-m", "src.train", "-m", "reg=none,l2", "loop=fit,tape",
-        "model=tiny", "train.epochs=2", f"data.path={higgs_file}", "data.n_validation=500", "data.n_train=2000",
-        "quiet=true", f"hydra.sweep.dir={tmp_path}/sweep", *store_overrides,
-    ]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    client = MlflowClient(tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name("overfit-and-underfit").experiment_id])
-    parents = [r for r in runs if r.data.tags.get("sweep") == "true"]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 4
-    assert {r.info.run_name for r in children} == {"fit-none-tiny", "tape-none-tiny", "fit-l2-tiny", "tape-l2-tiny"}
-    for child in children:
-        assert child.info.status == "FINISHED"
-        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-        for key in EPOCH_METRICS:
-            assert [m.step for m in client.get_metric_history(child.info.run_id, key)] == [0, 1]
-    assert "4 FINISHED" in proc.stderr

@@ -1,0 +1,72 @@
+"""One real `python -m src.train -m reg=none,l2 loop=fit,tape` sweep, checked by what train and compare promise."""
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from src.compare import main
+from src.loops import EPOCH_METRICS
+from src.store import PARENT_TAG
+from tests.helpers import expected_stats, history, run_module, split_runs
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, higgs_file):
+    """The article's 2x2 sweep on the tiny model, 2 epochs, in its own store; (tracking URI, folder, process)."""
+    folder = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    proc = run_module("src.train", [
+        "-m", "reg=none,l2", "loop=fit,tape", "model=tiny", "train.epochs=2", f"data.path={higgs_file}",
+        "data.n_validation=500", "data.n_train=1000", "quiet=true", f"hydra.sweep.dir={folder}/sweep",
+        f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={folder}/mlruns/artifacts",
+    ], cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return uri, folder, proc
+
+
+def test_a_sweep_is_one_parent_with_a_finished_child_per_combination(sweep):
+    uri, _, proc = sweep
+    [parent], children = split_runs(uri)
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == ["fit-l2-tiny", "fit-none-tiny", "tape-l2-tiny", "tape-none-tiny"]
+    client = MlflowClient(uri)
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.tags[PARENT_TAG] == parent.info.run_id
+        for key, values in history(client, child.info.run_id, EPOCH_METRICS).items():
+            assert len(values) == 2, key
+    assert "4 FINISHED" in proc.stderr
+
+
+def test_compare_draws_and_tables_the_latest_sweep_and_logs_it_on_the_parent(sweep):
+    uri, folder, _ = sweep
+    out, table_json = folder / "report", folder / "table.json"
+    proc = run_module("src.compare", ["--tracking-uri", uri, "--out", str(out), "--json", str(table_json)], cwd=folder)
+    assert proc.returncode == 0, proc.stderr
+    pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert "overlay_val_binary_crossentropy.png" in pngs and len(pngs) == 1 + 4 * 2
+    assert all((out / p).stat().st_size > 1000 for p in pngs)
+    client = MlflowClient(uri)
+    [parent], _ = split_runs(uri)
+    parent_id = parent.info.run_id
+    logged = {a.path for a in client.list_artifacts(parent_id, "compare")}
+    assert "compare/overlay_val_binary_crossentropy.png" in logged and "compare/table.json" in logged
+    assert len(client.list_artifacts(parent_id, "compare/runs")) == 4
+
+    report = json.loads(table_json.read_text())
+    assert report["sweep_run_id"] == parent_id
+    rows = report["groups"]
+    assert sorted(r["label"] for r in rows) == ["fit-l2-tiny", "fit-none-tiny", "tape-l2-tiny", "tape-none-tiny"]
+    for row in rows:
+        assert row["n"] == 1 and row["epochs"] == [2]
+        [run_id] = row["run_ids"]
+        for key, value in expected_stats(client, run_id).items():
+            assert row["stats"][key]["mean"] == value and row["stats"][key]["values"] == [value], key
+            assert row["stats"][key]["std"] is None
+        # the printed table shows the same numbers, rounded
+        line = next(line for line in proc.stdout.splitlines() if line.startswith(row["label"] + " "))
+        assert f"{row['stats']['final_val_binary_crossentropy']['mean']:.4f}" in line
+        assert f"{row['stats']['final_val_accuracy']['mean']:.4f}" in line
+
+    # one sweep in the store: asking for the two latest is a one-line error
+    assert main(["--latest", "2", "--tracking-uri", uri]) == 2
