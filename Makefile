@@ -25,10 +25,10 @@ server:  ## an MLflow tracking server on 127.0.0.1:$(PORT) over the project's st
 	$(PY) -m mlflow server --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT) \
 		--artifacts-destination $(CURDIR)/mlruns/artifacts
 
-test:  ## the default test suite (a few minutes on 2 cores)
-	$(PY) -m pytest -m "not slow"
+test:  ## the default test suite: about 2 minutes on 2 cores (two pytest-xdist workers, a module per worker)
+	$(PY) -m pytest -m "not slow" -n 2 --dist loadscope
 
-test-slow:  ## the long tests: 5-epoch parity, 8 parallel jobs, 2 replicas, a real mlflow server
+test-slow:  ## the long tests: 5-epoch parity, parallel sweeps, 2 replicas, store and server faults, a real mlflow server
 	$(PY) -m pytest -m slow
 
 reproduce:  ## rerun a logged run exactly: make reproduce RUN=<run id>
