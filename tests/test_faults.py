@@ -289,3 +289,45 @@ def test_a_server_that_dies_mid_run_stops_the_run_in_bounded_time_and_sigterm_is
     assert "no answer from the server" in line and run_id in line and by_itself < 60, (line, by_itself)
     assert (tmp_path / "out" / "unwritten_metrics.jsonl").exists()
     assert second.returncode == 130 and "interrupted" in second_stderr and after_sigterm < 30, after_sigterm
+
+
+def test_a_reused_sweep_folder_counts_only_the_current_sweeps_jobs(tmp_path):
+    """`resume=true` into a killed sweep's folder once marked the new parent KILLED from the old job files."""
+    from src.sweep import JobResult
+
+    for job, parent, status in ((0, "old", "RUNNING"), (1, "old", "KILLED"), (0, "new", "FINISHED")):
+        (tmp_path / f"{parent}{job}").mkdir()
+        JobResult(job=job, run_name="fit-none-tiny", parent_run_id=parent, status=status).write(tmp_path / f"{parent}{job}")
+    (tmp_path / "legacy").mkdir()  # a job file written before job results named their sweep
+    (tmp_path / "legacy" / "job_result.json").write_text(json.dumps({"job": 3, "run_name": "x", "status": "RUNNING"}))
+    assert [(r.job, r.status) for r in JobResult.read_all(tmp_path, "new")] == [(0, "FINISHED")]
+
+
+def test_an_artifact_location_that_cannot_be_written_is_one_line_and_the_run_failed(make_cfg, tracking_uri, tmp_path):
+    from src.train import train
+
+    (tmp_path / "a_file").write_text("not a folder\n")
+    cfg = make_cfg(f"mlflow.artifact_location={tmp_path}/a_file/artifacts", "mlflow.experiment_name=unwritable")
+    with pytest.raises(TrackingError, match=r"^run \w+: cannot log its config, params and datasets to sqlite:") as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
+    [run] = MlflowClient(tracking_uri).search_runs(
+        [MlflowClient(tracking_uri).get_experiment_by_name("unwritable").experiment_id])
+    assert run.info.status == "FAILED"
+
+
+def test_no_password_in_anything_a_sweep_writes_or_prints(tmp_path, higgs_file):
+    """A password in any override (here a data URL the run does not need) is masked everywhere."""
+    secret = "hunter2-" + "x" * 8
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    proc = subprocess.run(cli(
+        "-m", "seed=0,1", "model=tiny", "train.epochs=1", f"data.path={higgs_file}", "data.n_validation=500",
+        "data.n_train=1000", f"data.url=http://bob:{secret}@127.0.0.1:9/HIGGS.csv.gz", "quiet=false",
+        f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={tmp_path}/mlruns/artifacts",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    ), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    assert secret not in console and ":***@127.0.0.1" in console  # Hydra's listing of the jobs, masked
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert not leaks, leaks  # the store, artifacts, job files, Hydra's .hydra/ and multirun.yaml, logs
