@@ -1,0 +1,55 @@
+"""Every private TensorFlow, MLflow and Hydra call of src/compat.py still works: an upgrade that breaks one fails here."""
+
+import mlflow.data
+import numpy as np
+from mlflow.entities import Dataset
+
+from src import compat
+from src.errors import composition_error_line
+from tests.helpers import error_lines, run_module
+
+
+def test_op_determinism_can_be_read_and_switched_off():
+    import tensorflow as tf
+
+    was_on = compat.op_determinism_enabled()
+    try:
+        tf.config.experimental.enable_op_determinism()
+        assert compat.op_determinism_enabled() is True
+        compat.disable_op_determinism()
+        assert compat.op_determinism_enabled() is False
+    finally:
+        if was_on:
+            tf.config.experimental.enable_op_determinism()
+
+
+def test_a_numpy_dataset_becomes_the_entity_log_inputs_takes(tmp_path):
+    source = compat.local_dataset_source(str(tmp_path / "higgs.csv.gz"))
+    assert source._get_source_type() == "local" and str(tmp_path / "higgs.csv.gz") in source.to_json()
+    dataset = mlflow.data.from_numpy(np.ones((3, 2), np.float32), targets=np.zeros((3, 1), np.float32),
+                                     source=source, name="higgs-train")
+    entity = compat.dataset_entity(dataset)
+    assert isinstance(entity, Dataset)
+    assert (entity.name, entity.digest, entity.source_type) == ("higgs-train", dataset.digest, "local")
+
+
+def test_hydra_prints_a_bad_override_as_one_line(tmp_path):
+    proc = run_module("src.train", ["train.epoch=3"], cwd=tmp_path, env_drop=("HYDRA_FULL_ERROR",))
+    assert proc.returncode == 1
+    assert error_lines(proc.stderr) == ["Could not override 'train.epoch': Key 'epoch' not in 'TrainConfig'"]
+    # HYDRA_FULL_ERROR=1 gives Hydra's own report back
+    full = run_module("src.train", ["train.epoch=3"], cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and len(error_lines(full.stderr)) > 1
+
+
+def test_composition_errors_keep_the_attributes_the_one_line_reads():
+    from hydra.errors import MissingConfigException
+
+    from src.config import compose_config
+
+    try:
+        compose_config(["model=huge"])
+    except MissingConfigException as exc:
+        assert composition_error_line(exc) == "model=huge: no such option (available: large, medium, small, tiny)"
+    else:
+        raise AssertionError("model=huge composed")
