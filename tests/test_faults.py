@@ -331,3 +331,35 @@ def test_no_password_in_anything_a_sweep_writes_or_prints(tmp_path, higgs_file):
     assert secret not in console and ":***@127.0.0.1" in console  # Hydra's listing of the jobs, masked
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert not leaks, leaks  # the store, artifacts, job files, Hydra's .hydra/ and multirun.yaml, logs
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs, mounted for the test and unmounted after it (root only)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here to fill: {mounted.stderr.strip() or 'mount failed'}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_store_stops_the_run_and_keeps_the_metrics(tmp_path, higgs_file, small_disk):
+    """Once training went on for 373 epochs writing nothing, with 32,000 lines of tracebacks."""
+    args = ["model=tiny", "train.epochs=100000", f"data.path={higgs_file}", "data.n_validation=500",
+            "data.n_train=1000", "quiet=true", f"mlflow.tracking_uri=sqlite:///{small_disk}/mlflow.db",
+            f"mlflow.artifact_location={tmp_path}/artifacts", f"hydra.run.dir={tmp_path}/out"]
+    proc = subprocess.Popen(cli(*args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_id = _wait_for_epochs(proc, f"sqlite:///{small_disk}/mlflow.db", 3)
+        subprocess.run(["dd", "if=/dev/zero", f"of={small_disk}/filler", "bs=64k"], capture_output=True)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and stderr.count("Traceback") == 0, stderr[-3000:]
+    [line] = [line for line in stderr.splitlines() if "stopped taking writes" in line]
+    assert "disk is full" in line and run_id in line, line
+    assert (tmp_path / "out" / "unwritten_metrics.jsonl").read_text().count("\n") >= 1
