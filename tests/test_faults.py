@@ -363,3 +363,40 @@ def test_a_full_disk_under_the_store_stops_the_run_and_keeps_the_metrics(tmp_pat
     [line] = [line for line in stderr.splitlines() if "stopped taking writes" in line]
     assert "disk is full" in line and run_id in line, line
     assert (tmp_path / "out" / "unwritten_metrics.jsonl").read_text().count("\n") >= 1
+
+
+def test_a_server_that_refuses_or_is_not_mlflow_is_one_line_and_credentials_go_as_basic_auth():
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen["authorization"] = self.headers.get("Authorization")
+            self.send_response(403 if self.path.startswith("/forbidden") else 200)
+            self.end_headers()
+            self.wfile.write(b"OK" if self.server.is_mlflow else b"<html>a web page</html>")
+
+        def log_message(self, *args):
+            pass
+
+    for is_mlflow in (True, False):
+        server = HTTPServer(("127.0.0.1", 0), Handler)
+        server.is_mlflow = is_mlflow
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        try:
+            with pytest.raises(TrackingError, match=r"^mlflow.tracking_uri: no MLflow server at .*/forbidden \(Forbidden\)"):
+                ensure_store(f"{base}/forbidden")
+            credentialed = base.replace("http://", "http://bob:pa55word@")
+            if is_mlflow:
+                ensure_store(credentialed)
+                assert base64.b64decode(seen["authorization"].split()[1]) == b"bob:pa55word"
+            else:
+                with pytest.raises(TrackingError, match=r"answers, but not as an MLflow server does") as err:
+                    ensure_store(credentialed)
+                assert "pa55word" not in str(err.value) and "bob:***@" in str(err.value)
+        finally:
+            server.shutdown()
