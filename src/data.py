@@ -232,7 +232,6 @@ def make_datasets(splits: HiggsSplits, batch_size: int, seed: int):
     import tensorflow as tf
 
     x, y = tf.constant(splits.x_train), tf.constant(splits.y_train)
-    n_rows = tf.shape(x, out_type=tf.int64)[0]
 
     def epoch_order(epoch):
         # Epoch e's order is a stateless permutation keyed by (seed, e), so the
@@ -245,17 +244,15 @@ def make_datasets(splits: HiggsSplits, batch_size: int, seed: int):
             tf.range(tf.shape(x)[0]), seed=tf.stack([tf.cast(seed, tf.int64), epoch])
         )
 
-    def batch(k):
-        # Rows k*B .. (k+1)*B-1 of the endless concatenation of epoch orders, as
-        # the tutorial's shuffle().repeat().batch() gives: a batch may span two
-        # epochs (batch_size <= n_train, so never three). Gathered as one batch,
-        # not row by row, which keeps the pipeline off the step's critical path.
-        positions = k * batch_size + tf.range(batch_size, dtype=tf.int64)
-        epochs, index = positions // n_rows, positions % n_rows
-        first = epochs[0]
-        rows = tf.where(epochs == first, tf.gather(epoch_order(first), index), tf.gather(epoch_order(first + 1), index))
-        return tf.gather(x, rows), tf.gather(y, rows)
-
-    train = tf.data.Dataset.range(2**62 // batch_size).map(batch).prefetch(tf.data.AUTOTUNE)
+    # Each epoch's permutation is drawn once; `rebatch` cuts the endless concatenation of
+    # epochs into batches, as the tutorial's shuffle().repeat().batch() does (a batch may
+    # span two epochs), so a step costs the same whatever the number of rows.
+    train = (
+        tf.data.Dataset.range(2**62)
+        .map(epoch_order)
+        .rebatch(batch_size)
+        .map(lambda rows: (tf.gather(x, rows), tf.gather(y, rows)))
+        .prefetch(tf.data.AUTOTUNE)
+    )
     val = tf.data.Dataset.from_tensor_slices((splits.x_val, splits.y_val)).batch(batch_size).cache()
     return train, val

@@ -406,3 +406,20 @@ def test_training_stream_depends_on_the_seed_alone(sample_rows):
     other_seed, _ = make_datasets(splits, batch_size=50, seed=8)
     assert not np.array_equal(next(iter(other_seed))[0].numpy(), first[0])
 
+
+
+def test_batches_cut_the_endless_concatenation_of_epoch_permutations(sample_rows):
+    """The stream's definition, which reruns of earlier runs rely on: a batch may span two epochs."""
+    import tensorflow as tf
+
+    from src.data import HiggsSplits, make_datasets
+
+    rows = sample_rows[:153]  # 103 training rows, batches of 25: every epoch ends inside a batch
+    splits = HiggsSplits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s")
+    train, _ = make_datasets(splits, batch_size=25, seed=3)
+    got = np.concatenate([x.numpy() for x, _ in train.take(13)])  # 325 rows: three epochs and a bit
+    orders = [
+        tf.random.experimental.stateless_shuffle(tf.range(103), seed=tf.constant([3, epoch], tf.int64)).numpy()
+        for epoch in range(4)
+    ]
+    np.testing.assert_array_equal(got, splits.x_train[np.concatenate(orders)[:325]])
