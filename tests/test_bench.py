@@ -120,3 +120,13 @@ def test_a_run_that_does_not_finish_stops_the_bench_with_one_line(higgs_file, ca
     assert isinstance(message, str) and "\n" not in message, message
     assert message.startswith("bench: fit: run fit-none-large ended FAILED: ") and "diverged" in message, message
     assert "cores: " not in capsys.readouterr().out  # no report for a half-run bench
+
+
+def test_bench_pipeline_prints_per_step_time_for_each_size(capsys):
+    from src import bench_pipeline
+
+    result = bench_pipeline.main(["--rows", "1000", "3000", "--epochs", "2"])
+    assert set(result) == {1000, 3000} and all(0 < s < 10 for s in result.values())
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["training", "rows", "ms", "per", "step", "vs", "1000"] and len(lines) == 3
+    assert lines[1].split()[0] == "1,000" and lines[1].split()[2] == "1.00"
