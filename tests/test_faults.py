@@ -173,6 +173,7 @@ def test_reproduce_refuses_a_broken_config_artifact_in_one_line(make_cfg, tracki
     assert line.startswith(f"error: run {run.run_id}: its config.yaml is not valid YAML")
 
 
+@pytest.mark.slow  # a second process trained, killed, then a run after it
 def test_a_run_killed_with_sigkill_is_marked_dead_by_the_next_run(tmp_path, higgs_file, make_cfg):
     from src.train import train
 
@@ -316,6 +317,7 @@ def test_an_artifact_location_that_cannot_be_written_is_one_line_and_the_run_fai
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.slow  # a whole CLI sweep with its own store (~10 s)
 def test_no_password_in_anything_a_sweep_writes_or_prints(tmp_path, higgs_file):
     """A password in any override (here a data URL the run does not need) is masked everywhere."""
     secret = "hunter2-" + "x" * 8
