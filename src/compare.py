@@ -84,9 +84,6 @@ def load_run(client, run) -> RunData:
     return RunData(run.info.run_id, run.info.run_name or run.info.run_id, dict(run.data.params), history)
 
 
-# --- grouping and statistics --------------------------------------------------
-
-
 # --- figures ------------------------------------------------------------------
 
 

@@ -53,7 +53,7 @@ RegConfig = make_dataclass(
 
 @dataclass
 class LoopConfig:
-    """What every loop option has; a loop with keys of its own subclasses it (and lists it in LOOP_SCHEMAS)."""
+    """What every loop option has; every loop is listed in LOOP_SCHEMAS, one with keys of its own as a subclass."""
 
     name: str = MISSING
 

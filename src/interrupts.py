@@ -33,10 +33,24 @@ def raise_if_interrupted(epoch: int = -1, metrics: Dict[str, float] = None) -> N
 
 @contextmanager
 def signals_blocked() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block is done (they are delivered afterwards)."""
-    blocked = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    """Hold SIGINT and SIGTERM until the block is done, then raise the interrupt (main thread only).
+
+    A signal mask would not do: the kernel hands the signal to any thread that does not
+    block it (the metric writer, TensorFlow's pools) and Python raises it in the main one.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(s, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:
+            _requested.set()
+            raise KeyboardInterrupt(signal.Signals(held[0]).name)

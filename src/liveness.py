@@ -66,6 +66,8 @@ def dead_reason(run, now: Optional[float] = None) -> Optional[str]:
     if run.info.status != "RUNNING" or PID_TAG not in tags:
         return None
     if tags.get(HOST_TAG) == socket.gethostname():
+        if _process_start(os.getpid()) is None:  # no /proc to look in (not Linux, or hidden): cannot tell
+            return None
         pid = int(tags[PID_TAG])
         started = _process_start(pid)
         if started is None or (tags.get(PROCESS_TAG) not in ("unknown", started)):

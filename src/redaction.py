@@ -38,6 +38,9 @@ class RedactedStream:
 class _RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = redact(record.getMessage()), None
+        if record.exc_info:  # the traceback too: format it here, masked, in place of the exception
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
         return True
 
 

@@ -198,7 +198,7 @@ def reproduce_sweep(
     )
     print(f"reproducing {len(children)} runs of sweep {parent_id} under new parent run {new_parent}", file=sys.stderr)
     outcomes: List[Outcome] = []
-    status = KILLED
+    status = FAILED
     try:
         for child in children:
             try:
@@ -214,6 +214,9 @@ def reproduce_sweep(
         verdicts = [o.verdict.status for o in outcomes if o.verdict is not None]
         client.set_tag(new_parent, VERDICT_TAG, max(verdicts, key=SEVERITY.index, default="none"))
         client.log_text(new_parent, "\n".join(_line(o) for o in outcomes) + "\n", VERDICT_ARTIFACT)
+    except KeyboardInterrupt:
+        status = KILLED
+        raise
     finally:
         end_parent_run(tracking_uri, new_parent, status)
     return outcomes

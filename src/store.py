@@ -87,7 +87,10 @@ def ensure_store(tracking_uri: str) -> None:
 def _check_server(tracking_uri: str) -> None:
     """An MLflow server answers at the URI (credentials in it are sent as HTTP basic auth, as MLflow does)."""
     parts = urllib.parse.urlsplit(tracking_uri)
-    netloc = parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else parts.netloc
+    try:
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else parts.netloc
+    except ValueError as exc:  # e.g. a port that is not a number
+        raise TrackingError(f"mlflow.tracking_uri={redact(tracking_uri)}: {exc}") from None
     request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=netloc)).rstrip("/") + "/health")
     if parts.username is not None:
         token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()

@@ -135,12 +135,17 @@ class _SweepParent:
         if self.finished:
             return
         self.finished = True
-        redact_files(self.sweep_dir, "multirun.yaml")  # Hydra's record of the sweep
-        results = JobResult.read_all(self.sweep_dir, self.run_id)
-        status = sweep_status([r.status for r in results], completed)
-        if status == KILLED:
-            self._end_interrupted_jobs(results)
-        end_parent_run(self.tracking_uri, self.run_id, status)
+        try:
+            redact_files(self.sweep_dir, "multirun.yaml")  # Hydra's record of the sweep
+            results = JobResult.read_all(self.sweep_dir, self.run_id)
+            status = sweep_status([r.status for r in results], completed)
+            if status == KILLED:
+                self._end_interrupted_jobs(results)
+            end_parent_run(self.tracking_uri, self.run_id, status)
+        except Exception as exc:  # at exit: a traceback here would bury the jobs' own errors
+            print(f"sweep {self.run_id}: could not be ended ({type(exc).__name__}: {redact(str(exc))[:300]})",
+                  file=sys.stderr)
+            return
         print(summary(results, self.run_id, status), file=sys.stderr)
 
     def _end_interrupted_jobs(self, results: List[JobResult], wait_seconds: float = 15) -> None:
@@ -152,7 +157,7 @@ class _SweepParent:
         )
         deadline = time.monotonic() + wait_seconds
         for run in running:
-            while dead_reason(run) is None and time.monotonic() < deadline:  # a worker may still be closing it
+            while run.info.status == RUNNING and dead_reason(run) is None and time.monotonic() < deadline:
                 time.sleep(0.5)
                 run = mlflow_client.get_run(run.info.run_id)
             if run.info.status == RUNNING and dead_reason(run) is not None:

@@ -120,7 +120,7 @@ class TrackedRun:
     client: Any = None
 
     def __post_init__(self) -> None:
-        self.client = client(self.tracking_uri)
+        self.client = self.client or client(self.tracking_uri)
         self.result = RunResult(self.run_name, FAILED, self.run_id)
 
     def log_epoch(self, epoch: int, metrics: Dict[str, float]) -> None:
@@ -159,10 +159,10 @@ def tracked_run(
     """
     from mlflow.entities import RunStatus
 
+    from mlflow.exceptions import MlflowException
+
     uri = cfg.mlflow.tracking_uri
     mlflow_client = client(uri)
-    exp_id = experiment_id(uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location)
-    reap_dead_runs(mlflow_client, exp_id)  # runs whose process was killed (kill -9, out of memory) end FAILED
     tags = {
         DIGEST_TAG: config_digest(cfg),
         "loop": cfg.loop.name,
@@ -175,12 +175,21 @@ def tracked_run(
     }
     if parent_run_id:
         tags[PARENT_TAG] = parent_run_id
-    run_id = mlflow_client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
-    writer = MetricWriter(mlflow_client, run_id, uri, cfg.mlflow.retry_seconds, output_dir)
-    tracked = TrackedRun(uri, run_id, exp_id, run_name, writer)
-    heartbeat = Heartbeat(mlflow_client, run_id)
+    try:
+        exp_id = experiment_id(uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location)
+        reap_dead_runs(mlflow_client, exp_id)  # runs whose process was killed (kill -9, out of memory) end FAILED
+    except MlflowException as exc:
+        raise TrackingError(f"mlflow.tracking_uri={redact(uri)}: cannot start a run ({store_error_line(exc)})") from None
+    run_id = writer = heartbeat = None
     status = RunStatus.FAILED
     try:
+        try:
+            run_id = mlflow_client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+        except MlflowException as exc:
+            raise TrackingError(f"mlflow.tracking_uri={redact(uri)}: cannot start a run ({store_error_line(exc)})") from None
+        writer = MetricWriter(mlflow_client, run_id, uri, cfg.mlflow.retry_seconds, output_dir)
+        tracked = TrackedRun(uri, run_id, exp_id, run_name, writer, client=mlflow_client)
+        heartbeat = Heartbeat(mlflow_client, run_id)
         try:
             _log_inputs(mlflow_client, run_id, cfg, overrides, datasets)
         except Exception as exc:
@@ -201,16 +210,23 @@ def tracked_run(
                     _quietly(_record_failure, mlflow_client, run_id, exc)
     except KeyboardInterrupt as exc:
         status = RunStatus.KILLED
+        if run_id is None:
+            raise
         with signals_blocked():
-            writer.abandon()
+            if writer is not None:
+                writer.abandon()
             _quietly(mlflow_client.set_tag, run_id, "error", "interrupted (SIGINT/SIGTERM)")
         raise RunInterrupted(run_id) from exc
     finally:
         with signals_blocked():  # a second Ctrl-C must not leave the run RUNNING
-            heartbeat.stop()
-            writer.abandon()
+            if heartbeat is not None:
+                heartbeat.stop()
+            if writer is not None:
+                writer.abandon()
             # a store known to be gone was reported already; trying costs nothing
-            _quietly(mlflow_client.set_terminated, run_id, RunStatus.to_string(status), quiet=bool(writer.broken))
+            broken = writer is not None and bool(writer.broken)
+            if run_id is not None:
+                _quietly(mlflow_client.set_terminated, run_id, RunStatus.to_string(status), quiet=broken)
 
 
 def _log_inputs(mlflow_client, run_id: str, cfg: DictConfig, overrides, datasets: Dict[str, Any]) -> None:
@@ -235,10 +251,10 @@ def _quietly(write, *args, quiet: bool = False) -> None:
 
 def _record_failure(mlflow_client, run_id: str, exc: BaseException) -> None:
     """Tag why a run stopped; keep the traceback as an artifact."""
-    mlflow_client.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+    mlflow_client.set_tag(run_id, "error", redact(f"{type(exc).__name__}: {exc}")[:5000])
     if isinstance(exc, NonFiniteLossError):
         mlflow_client.set_tag(run_id, "nan_at_epoch", str(exc.epoch))
-    mlflow_client.log_text(run_id, "".join(traceback.format_exception(exc)), "error.txt")
+    mlflow_client.log_text(run_id, redact("".join(traceback.format_exception(exc))), "error.txt")
 
 
 # --- datasets -----------------------------------------------------------------
@@ -249,7 +265,7 @@ def dataset_source(location: str):
     from mlflow.data.http_dataset_source import HTTPDatasetSource
 
     if location.startswith(("http://", "https://")):
-        return HTTPDatasetSource(location)
+        return HTTPDatasetSource(redact(location))
     return compat.local_dataset_source(location)
 
 

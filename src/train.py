@@ -37,8 +37,9 @@ def train(
 
     `output_dir` (default: the working directory) keeps metrics the store would not take.
 
-    Bad config, data or store raise a UserError before any run exists; a failure during the
-    run is returned as a FAILED RunResult; Ctrl-C or SIGTERM raises RunInterrupted.
+    Bad config, data or store raise a UserError (before any run exists, or when the store cannot
+    start or log one: that run is FAILED); a failure during training is returned as a FAILED
+    RunResult; Ctrl-C or SIGTERM raises RunInterrupted.
     """
     validate(cfg)
     cfg = _with_absolute_data_path(cfg)
@@ -118,7 +119,7 @@ def _job_threads(cfg: DictConfig, hydra_cfg) -> int:
     if cfg.train.threads or hydra_cfg.mode != RunMode.MULTIRUN or not n_jobs:
         return cfg.train.threads
     cores = len(os.sched_getaffinity(0))
-    n_jobs = cores if n_jobs < 0 else n_jobs
+    n_jobs = max(1, cores + 1 + n_jobs) if n_jobs < 0 else n_jobs  # joblib: -1 = every core, -2 = all but one
     return max(1, cores // n_jobs)
 
 
@@ -149,7 +150,7 @@ def main(cfg: DictConfig) -> None:
             os._exit(130)  # a launcher's worker ends with its job: its pool would otherwise keep it training
         raise
     except Exception as exc:
-        job.status, job.error = FAILED, (str(exc).splitlines() or [type(exc).__name__])[0]
+        job.status, job.error = FAILED, redact((str(exc).splitlines() or [type(exc).__name__])[0])
         if not isinstance(exc, UserError):
             log.exception("job failed")
         raise

@@ -145,7 +145,7 @@ def environment_warnings(
     digest = config_digest(cfg)
     if original_tags.get(DIGEST_TAG) != digest:
         warnings.append(
-            f"config digest differs: the run's tag says {original_tags.get('config_digest')}, "
+            f"config digest differs: the run's tag says {original_tags.get(DIGEST_TAG)}, "
             f"its {CONFIG_ARTIFACT} gives {digest} (artifact edited, or logged by another version)"
         )
     return warnings

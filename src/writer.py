@@ -61,6 +61,7 @@ class MetricWriter:
         self._stop = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metric-writer")
         self._pending: List[Future] = []
+        self._spill_lock = threading.Lock()  # the training thread and the writer may both spill
         # MLflow logs every failed SQL write with a traceback, urllib3 every HTTP retry; the writer
         # says it in one line instead.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
@@ -82,7 +83,7 @@ class MetricWriter:
             raise self.error()
 
     def abandon(self) -> None:
-        """Stop retrying (Ctrl-C, SIGTERM, a failed run): queued epochs are spilled at once, then the thread ends."""
+        """Stop retrying (Ctrl-C, SIGTERM, a failed run); queued epochs are written if the store takes them, else spilled."""
         self._stop.set()
         self._executor.shutdown(wait=True)
 
@@ -107,7 +108,7 @@ class MetricWriter:
             except Exception as exc:
                 reason = store_error_line(exc)[:300]
                 deadline = deadline or time.monotonic() + self._retry_seconds
-                permanent = any(p in str(exc).lower() for p in PERMANENT)
+                permanent = any(p in reason.lower() for p in PERMANENT)  # not in SQLAlchemy's parameters
                 if permanent or time.monotonic() >= deadline or self._stop.is_set():
                     self.broken = reason
                     break
@@ -121,8 +122,9 @@ class MetricWriter:
 
     def _spill(self, epoch: int, metrics: Dict[str, float]) -> None:
         """Keep an epoch the store did not take, one JSON line each."""
-        if self.first_unwritten is None:
-            self.first_unwritten = epoch
-        self.spill_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.spill_file, "a") as out:
-            out.write(json.dumps({"run_id": self._run_id, "step": epoch, "metrics": metrics}) + "\n")
+        with self._spill_lock:
+            if self.first_unwritten is None or epoch < self.first_unwritten:
+                self.first_unwritten = epoch
+            self.spill_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.spill_file, "a") as out:
+                out.write(json.dumps({"run_id": self._run_id, "step": epoch, "metrics": metrics}) + "\n")
