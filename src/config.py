@@ -15,6 +15,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "conf"
 # Top-level keys that do not change what a run computes: left out of its config digest.
 NON_SEMANTIC_KEYS = ("mlflow", "quiet", "resume")
+ALL_ROWS = -1  # data.n_train's value for "every row after the validation rows"
 
 # Values live in conf/*.yaml; these schemas only fix names and types, so a
 # misspelled key, a wrong type or an unknown enum value fails when Hydra composes the config.
@@ -82,7 +83,7 @@ class DataConfig:
     url: str = MISSING
     n_features: int = MISSING
     n_validation: int = MISSING
-    n_train: int = MISSING
+    n_train: int = MISSING  # ALL_ROWS (-1): every row after the validation rows
     cache_dir: str = MISSING
     timeout_seconds: float = MISSING
 
@@ -169,10 +170,11 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.train.learning_rate > 0, "train.learning_rate", "must be positive")
     need(cfg.train.threads >= 0, "train.threads", "must be 0 (all cores) or a positive count")
     need(cfg.data.n_validation >= 1, "data.n_validation", "must be at least 1")
-    need(cfg.data.n_train >= 1, "data.n_train", "must be at least 1")
+    need(cfg.data.n_train >= 1 or cfg.data.n_train == ALL_ROWS, "data.n_train",
+         f"must be at least 1, or {ALL_ROWS} for every row after the validation rows")
     need(cfg.data.n_features >= 1, "data.n_features", "must be at least 1")
     need(
-        cfg.train.batch_size <= cfg.data.n_train,
+        cfg.train.batch_size <= cfg.data.n_train or cfg.data.n_train == ALL_ROWS,
         "train.batch_size",
         f"larger than data.n_train={cfg.data.n_train}: an epoch would have no full step",
     )

@@ -1,33 +1,39 @@
-"""HIGGS rows from a local file or a streamed download, and the tf.data pipelines."""
+"""HIGGS rows (from the shared cache, ingesting a local file or a URL on first use) and the tf.data pipelines."""
 
-import gzip
+import argparse
 import hashlib
 import http.client
-import io
 import logging
-import math
 import os
-import tempfile
+import re
+import sys
+import time
 import urllib.error
 import urllib.request
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 from omegaconf import DictConfig
 
-from src.errors import DataError
+from src.config import ALL_ROWS
+from src.errors import DataError, UserError
+
+if TYPE_CHECKING:
+    from src.datacache import CachedRows, Source
 
 log = logging.getLogger(__name__)
 
-GZIP_MAGIC = b"\x1f\x8b"
+# batches gathered by one call into numpy (a call costs ~50 us and holds the GIL)
+GATHER_BATCHES = 20
+# rows hashed at a time: a memory-mapped split is never copied whole
+DIGEST_CHUNK_ROWS = 1 << 16
 
 
 @dataclass(frozen=True)
 class HiggsSplits:
-    """Validation rows (the file's first) and training rows (the next), float32."""
+    """Validation rows (the file's first) and training rows (the next), float32 views of the cached rows."""
 
     x_val: np.ndarray
     y_val: np.ndarray
@@ -39,91 +45,59 @@ class HiggsSplits:
         """sha256 over every value of both splits (MLflow's dataset digest samples only the first 10,000)."""
         sha = hashlib.sha256()
         for array in (self.x_val, self.y_val, self.x_train, self.y_train):
-            sha.update(np.ascontiguousarray(array).data)
+            # chunks of whole rows hash the same bytes as the whole C-ordered array would
+            for start in range(0, len(array), DIGEST_CHUNK_ROWS):
+                sha.update(np.ascontiguousarray(array[start : start + DIGEST_CHUNK_ROWS]).data)
         return sha.hexdigest()
 
 
-def parse_rows(lines: Iterable[str], n_rows: int, n_features: int, name: str) -> np.ndarray:
-    """Parse up to `n_rows` UCI-layout lines into a (rows, 1 + n_features) float32 array.
+DOWNLOADS = "downloads"  # data.cache_dir's folder for whole-file downloads
 
-    Stops reading at row `n_rows`. Blank lines (e.g. a trailing empty line) are
-    skipped, as `np.loadtxt` does; any other malformed line is a `DataError`
-    naming `name` and the line number.
-    """
-    n_fields = 1 + n_features
-    # grown on demand, so a huge `n_rows` does not allocate before the file runs out
-    rows = np.empty((min(n_rows, 1 << 16), n_fields), dtype=np.float32)
-    count = 0
-    line_no = 0
-    try:
-        for line_no, line in enumerate(lines, start=1):
-            if count == n_rows:
-                break
-            if not line.strip(" \t\r\n"):
-                continue
-            fields = line.rstrip("\r\n").split(",")
-            if len(fields) != n_fields:
-                raise DataError(
-                    f"{name} line {line_no}: expected {n_fields} comma-separated values "
-                    f"(label + data.n_features={n_features}), got {len(fields)}"
-                )
-            try:
-                values = [float(f) for f in fields]
-            except ValueError:
-                column = next(i for i, f in enumerate(fields) if not _is_float(f))
-                hint = " (the UCI layout has no header line)" if count == 0 else ""
-                raise DataError(
-                    f"{name} line {line_no}: non-numeric value {fields[column].strip()!r} "
-                    f"in column {column + 1}{hint}"
-                ) from None
-            if not all(math.isfinite(v) for v in values):
-                column = next(i for i, v in enumerate(values) if not math.isfinite(v))
-                what = "label" if column == 0 else f"feature {column}"
-                raise DataError(
-                    f"{name} line {line_no}: non-finite value {fields[column].strip()!r} in column {column + 1} ({what})"
-                )
-            if values[0] not in (0.0, 1.0):
-                raise DataError(f"{name} line {line_no}: label must be 0 or 1, got {fields[0].strip()!r}")
-            if count == len(rows):
-                rows = np.resize(rows, (min(n_rows, 2 * len(rows)), n_fields))
-            rows[count] = values
-            count += 1
-    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise DataError(f"{name}: corrupt or truncated gzip data {_after(line_no)}: {exc}") from None
-    except UnicodeDecodeError as exc:
+
+def load_higgs(data: DictConfig, *, progress: bool = False) -> HiggsSplits:
+    """Validation = the first `n_validation` rows, training = the next `n_train` (-1: all the rest), memory-mapped."""
+    n_rows = None if data.n_train == ALL_ROWS else data.n_validation + data.n_train
+    got = source_rows(data, n_rows, progress=progress)
+    rows, location = got.rows, data.url if data.path is None else str(Path(data.path).expanduser().resolve())
+    if n_rows is None:
+        if len(rows) <= data.n_validation:
+            raise DataError(
+                f"{location} has {len(rows)} rows, none left for training after data.n_validation={data.n_validation}"
+            )
+        n_rows = len(rows)
+    if len(rows) < n_rows:
+        have = len(rows)
+        if have > data.n_validation:
+            fix = f"set data.n_train to at most {have - data.n_validation}"
+        else:
+            fix = f"lower data.n_validation={data.n_validation} so that data.n_validation + data.n_train <= {have}"
         raise DataError(
-            f"{name}: not a CSV or gzip-compressed CSV (non-text byte {exc.object[exc.start]:#04x} {_after(line_no)})"
-        ) from None
-    if count == 0:
-        raise DataError(f"{name}: no data rows (empty file?)")
-    return rows[:count]
+            f"{location} has {have} rows, fewer than data.n_validation + data.n_train = {n_rows}; {fix}"
+        )
+    val, train = rows[: data.n_validation], rows[data.n_validation : n_rows]
+    return HiggsSplits(
+        x_val=val[:, 1:], y_val=val[:, :1], x_train=train[:, 1:], y_train=train[:, :1], source=location
+    )
 
 
-def _after(line_no: int) -> str:
-    return f"after line {line_no}" if line_no else "before the first line"
+def source_rows(data: DictConfig, n_rows: Optional[int], *, progress: bool) -> "CachedRows":
+    """The first `n_rows` rows (None: all) of data.path, or else data.url, from the cache (ingested on first use)."""
+    from src.datacache import cached_rows
+
+    cache_dir = Path(data.cache_dir).expanduser()
+    if data.path is None:
+        return _url_rows(data, n_rows, cache_dir, progress)
+    source = local_source(Path(data.path).expanduser().resolve())
+    return cached_rows(source, n_rows, data.n_features, cache_dir, progress=progress)
 
 
-def _is_float(text: str) -> bool:
+def local_source(path: Path) -> "Source":
+    """A local file as a cache source; one-line errors naming data.path when it cannot be read."""
+    from src.datacache import Source
+
     try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
-def _text_lines(raw: IO[bytes]) -> IO[str]:
-    """Lines of a plain or gzip-compressed byte stream, decided by its magic bytes."""
-    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)
-    stream: IO[bytes] = gzip.GzipFile(fileobj=buffered) if buffered.peek(2)[:2] == GZIP_MAGIC else buffered
-    # utf-8-sig: a byte-order mark (spreadsheet exports) is dropped; newline="": \n, \r\n and \r all end a line
-    return io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-
-
-def read_local(path: Path, n_rows: int, n_features: int) -> np.ndarray:
-    """Read the first `n_rows` rows of a local CSV or CSV.gz, stopping there."""
-    try:
-        with open(path, "rb") as raw:
-            return parse_rows(_text_lines(raw), n_rows, n_features, str(path))
+        with open(path, "rb") as f:
+            stat = os.fstat(f.fileno())
     except FileNotFoundError:
         raise DataError(f"data.path: {path}: no such file") from None
     except IsADirectoryError:
@@ -132,12 +106,54 @@ def read_local(path: Path, n_rows: int, n_features: int) -> np.ndarray:
         raise DataError(f"data.path: {path}: permission denied") from None
     except OSError as exc:  # e.g. a parent that is a file, an I/O error
         raise DataError(f"data.path: {path}: {exc.strerror or exc}") from None
+    identity = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return Source(str(path), identity, lambda: open(path, "rb"), stat.st_size, threads=True)
 
 
-def stream_url(url: str, n_rows: int, n_features: int, timeout: float) -> np.ndarray:
-    """Stream a (gzipped) CSV over HTTP and stop after `n_rows` rows, never the whole file."""
+def _url_rows(data: DictConfig, n_rows: Optional[int], cache_dir: Path, progress: bool) -> "CachedRows":
+    """Rows of data.url: the first `n_rows` streamed (None: the whole file downloaded first), cached.
+
+    Offline, the newest cached rows of the URL serve, with a warning.
+    """
+    from src.datacache import CachedRows, Source, cached_entries_of, cached_rows, identity_key
+    from src.download import download_file, remote_identity
+
+    url = data.url
     try:
-        response = urllib.request.urlopen(url, timeout=timeout)
+        identity = remote_identity(url, data.timeout_seconds)
+    except DataError as exc:
+        usable = [e for e in cached_entries_of(cache_dir, url) if e.covers(n_rows)]
+        if not usable:
+            raise DataError(f"{exc}; set data.path to a local copy of HIGGS.csv.gz") from None
+        log.warning("%s; using its rows cached on %s", exc, usable[0].header["ingested_at"])
+        return CachedRows(usable[0].head(n_rows), usable[0], False)
+
+    if n_rows is not None:
+        def open_raw():
+            return _open_url(url, data.timeout_seconds)
+
+        source = Source(url, identity, open_raw, None, threads=False)
+        return cached_rows(source, n_rows, data.n_features, cache_dir, progress=progress)
+
+    download = cache_dir / DOWNLOADS / f"{identity_key(identity)}.csv.gz"
+
+    def open_download():  # called under the cache's lock, so jobs that start together download once
+        if not download.exists():
+            download.parent.mkdir(parents=True, exist_ok=True)
+            download_file(url, download, data.timeout_seconds, progress=progress)
+        return open(download, "rb")
+
+    source = Source(url, identity, open_download, identity["length"], threads=True)
+    got = cached_rows(source, None, data.n_features, cache_dir, progress=progress)
+    if got.entry is not None:
+        download.unlink(missing_ok=True)  # the cache file holds every row now
+    return got
+
+
+def _open_url(url: str, timeout: float):
+    """The HTTP response of `url`, or a one-line DataError naming data.url."""
+    try:
+        return urllib.request.urlopen(url, timeout=timeout)
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         if isinstance(exc, urllib.error.HTTPError):
             exc.close()  # an HTTP error response holds the connection open until closed
@@ -145,93 +161,13 @@ def stream_url(url: str, n_rows: int, n_features: int, timeout: float) -> np.nda
         raise DataError(
             f"data.url: cannot download {url} ({reason}); set data.path to a local copy of HIGGS.csv.gz"
         ) from None
-    # closing the response closes the connection, so the server stops sending the rest
-    with response:
-        try:
-            return parse_rows(_text_lines(response), n_rows, n_features, url)
-        except (OSError, http.client.HTTPException) as exc:
-            raise DataError(
-                f"data.url: download of {url} failed ({exc or type(exc).__name__}); "
-                "set data.path to a local copy of HIGGS.csv.gz"
-            ) from None
-
-
-def _cache_file(cache_dir: Path, url: str) -> Path:
-    return cache_dir / f"higgs-{hashlib.sha256(url.encode()).hexdigest()[:16]}.npy"
-
-
-def _read_cache(cached: Path, n_rows: int, n_features: int) -> Optional[np.ndarray]:
-    """The first `n_rows` cached rows, or None when the cache is missing, too short or unreadable."""
-    try:
-        rows = np.load(cached)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, EOFError) as exc:
-        log.warning("ignoring unreadable cache %s: %s", cached, exc)
-        return None
-    if rows.ndim != 2 or rows.shape[0] < n_rows or rows.shape[1] != 1 + n_features or rows.dtype != np.float32:
-        return None
-    return rows[:n_rows]
-
-
-def _write_cache(cached: Path, rows: np.ndarray) -> None:
-    """Save parsed rows (write, then rename: never a half-written cache); a failure only costs a re-download."""
-    tmp_name = None
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cached.parent, suffix=".npy.tmp", delete=False) as tmp:
-            tmp_name = tmp.name
-            np.save(tmp, rows)
-        os.replace(tmp_name, cached)
-    except OSError as exc:
-        log.warning("cannot cache the downloaded rows in %s (data.cache_dir): %s", cached.parent, exc)
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)
-
-
-def download_rows(url: str, n_rows: int, n_features: int, cache_dir: Path, timeout: float) -> np.ndarray:
-    """Rows of `url`, from the local cache when it holds enough of them."""
-    cached = _cache_file(cache_dir, url)
-    rows = _read_cache(cached, n_rows, n_features)
-    if rows is not None:
-        log.info("using %d cached rows of %s from %s", n_rows, url, cached)
-        return rows
-    log.info("downloading the first %d rows of %s", n_rows, url)
-    rows = stream_url(url, n_rows, n_features, timeout)
-    _write_cache(cached, rows)
-    return rows
-
-
-def load_higgs(data: DictConfig) -> HiggsSplits:
-    """Validation = the first `n_validation` rows, training = the next `n_train`."""
-    n_rows = data.n_validation + data.n_train
-    if data.path is not None:
-        path = Path(data.path).expanduser().resolve()
-        source = str(path)
-        rows = read_local(path, n_rows, data.n_features)
-    else:
-        source = data.url
-        rows = download_rows(source, n_rows, data.n_features, Path(data.cache_dir).expanduser(), data.timeout_seconds)
-    if len(rows) < n_rows:
-        have = len(rows)
-        if have > data.n_validation:
-            fix = f"set data.n_train to at most {have - data.n_validation}"
-        else:
-            fix = f"lower data.n_validation={data.n_validation} so that data.n_validation + data.n_train <= {have}"
-        raise DataError(
-            f"{source} has {have} rows, fewer than data.n_validation + data.n_train = {n_rows}; {fix}"
-        )
-    val, train = rows[: data.n_validation], rows[data.n_validation :]
-    return HiggsSplits(
-        x_val=val[:, 1:], y_val=val[:, :1], x_train=train[:, 1:], y_train=train[:, :1], source=source
-    )
 
 
 def make_datasets(splits: HiggsSplits, batch_size: int, seed: int):
     """Training batches from a fresh shuffle of the rows every epoch, repeated; fixed validation batches."""
     import tensorflow as tf
 
-    x, y = tf.constant(splits.x_train), tf.constant(splits.y_train)
+    n_rows = len(splits.x_train)
 
     def epoch_order(epoch):
         # Epoch e's order is a stateless permutation keyed by (seed, e), so the
@@ -241,8 +177,19 @@ def make_datasets(splits: HiggsSplits, batch_size: int, seed: int):
         # the second shuffle and the tape loop the first.) A full permutation is
         # what the tutorial's shuffle buffer (10,000 >= the 10,000 rows) gives.
         return tf.random.experimental.stateless_shuffle(
-            tf.range(tf.shape(x)[0]), seed=tf.stack([tf.cast(seed, tf.int64), epoch])
+            tf.range(n_rows, dtype=tf.int32), seed=tf.stack([tf.cast(seed, tf.int64), epoch])
         )
+
+    def gather(rows):
+        # numpy, not tf.gather on a tf.constant: the rows stay in the memory-mapped cache,
+        # shared with every job on the machine, instead of being copied into each process
+        return splits.x_train[rows], splits.y_train[rows]
+
+    def batch_of(rows):
+        x, y = tf.numpy_function(gather, [rows], (tf.float32, tf.float32), stateful=False)
+        x.set_shape([None, splits.x_train.shape[1]])
+        y.set_shape([None, 1])
+        return x, y
 
     # Each epoch's permutation is drawn once; `rebatch` cuts the endless concatenation of
     # epochs into batches, as the tutorial's shuffle().repeat().batch() does (a batch may
@@ -250,9 +197,61 @@ def make_datasets(splits: HiggsSplits, batch_size: int, seed: int):
     train = (
         tf.data.Dataset.range(2**62)
         .map(epoch_order)
+        .rebatch(batch_size * GATHER_BATCHES)
+        .map(batch_of)
         .rebatch(batch_size)
-        .map(lambda rows: (tf.gather(x, rows), tf.gather(y, rows)))
         .prefetch(tf.data.AUTOTUNE)
     )
     val = tf.data.Dataset.from_tensor_slices((splits.x_val, splits.y_val)).batch(batch_size).cache()
     return train, val
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.data",
+        description="Ingest a HIGGS file in the UCI layout (gzip or plain; a local path or an http(s) URL) into the "
+        "binary cache that training reads. Training does this itself on first use; this pays the cost ahead.",
+    )
+    parser.add_argument("source", help="a local CSV or CSV.gz, or an http(s) URL (downloaded whole, resumably)")
+    parser.add_argument("--rows", type=int, default=None, help="only the first N rows (default: every row)")
+    parser.add_argument("--cache-dir", default=None, help="the cache folder (default: data.cache_dir, <repo>/.cache/data)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.rows is not None and args.rows < 1:
+        parser.error("--rows must be at least 1")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    started = time.perf_counter()
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from src.config import compose_config
+
+    data = compose_config([]).data  # data.n_features, data.cache_dir and data.timeout_seconds as configured
+    if re.match(r"(?i)^https?://", args.source):
+        data.path, data.url = None, args.source
+    else:
+        data.path = args.source
+    if args.cache_dir is not None:
+        data.cache_dir = args.cache_dir
+    try:
+        got = source_rows(data, args.rows, progress=not args.quiet)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was cached", file=sys.stderr)
+        return 130
+    seconds = time.perf_counter() - started
+    where = got.entry.path if got.entry is not None else "memory only (data.cache_dir cannot be written)"
+    if got.ingested:
+        print(f"{len(got.rows):,} rows in {seconds:.1f} s ({len(got.rows) / seconds:,.0f} rows/s) -> {where}")
+    else:
+        print(f"{len(got.rows):,} rows already cached in {where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -44,7 +44,10 @@ def train(
     validate(cfg)
     cfg = _with_absolute_data_path(cfg)
     # the cheap checks first: config, then data, then the store (importing MLflow takes seconds)
-    splits = load_higgs(cfg.data)
+    splits = load_higgs(cfg.data, progress=not cfg.quiet)
+    if len(splits.x_train) < cfg.train.batch_size:  # data.n_train=-1: known only now
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: larger than the {len(splits.x_train)} training "
+                          "rows: an epoch would have no full step")
     ensure_store(cfg.mlflow.tracking_uri)
     name = run_name(cfg)
     if cfg.resume:
@@ -68,8 +71,10 @@ def train(
         model = build_model(cfg.model, cfg.reg, cfg.data.n_features)
     source = dataset_source(splits.source)
     datasets = {
-        "training": mlflow.data.from_numpy(splits.x_train, targets=splits.y_train, source=source, name="higgs-train"),
-        "validation": mlflow.data.from_numpy(splits.x_val, targets=splits.y_val, source=source, name="higgs-val"),
+        context: mlflow.data.from_numpy(x, targets=y, source=source, name=dataset_name,
+                                        digest=compat.numpy_dataset_digest(x, y))
+        for context, dataset_name, x, y in [("training", "higgs-train", splits.x_train, splits.y_train),
+                                    ("validation", "higgs-val", splits.x_val, splits.y_val)]
     }
     tags = {DATA_DIGEST_TAG: splits.digest(), **runtime.device_tags(strategy, devices), **(extra_tags or {})}
     with tracked_run(
@@ -80,7 +85,7 @@ def train(
         settings = loops.LoopSettings(
             strategy=strategy,
             epochs=cfg.train.epochs,
-            steps_per_epoch=cfg.data.n_train // cfg.train.batch_size,
+            steps_per_epoch=len(splits.x_train) // cfg.train.batch_size,
             learning_rate=cfg.train.learning_rate,
             jit_compile=cfg.train.jit_compile,
             progress=not cfg.quiet,

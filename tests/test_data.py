@@ -21,7 +21,7 @@ from tests.helpers import free_port
 N_FEATURES = 28
 
 
-def data_cfg(path=None, *, n_validation=100, n_train=400, url="http://127.0.0.1:9/HIGGS.csv.gz", cache_dir="cache"):
+def data_cfg(path=None, *, cache_dir, n_validation=100, n_train=400, url="http://127.0.0.1:9/HIGGS.csv.gz"):
     """The `data` group as load_higgs sees it (the real group composes to the same keys)."""
     return OmegaConf.create(
         dict(
@@ -71,19 +71,19 @@ def test_real_sample_split_matches_numpy(make_cfg, higgs_file, sample_rows):
     assert splits.source == str(Path(higgs_file).resolve())
 
 
-def test_n_train_larger_than_the_file_names_file_and_maximum(higgs_file, sample_rows):
+def test_n_train_larger_than_the_file_names_file_and_maximum(tmp_path, higgs_file, sample_rows):
     n_max = len(sample_rows) - 1000
     with pytest.raises(DataError) as err:
-        load_higgs(data_cfg(higgs_file, n_validation=1000, n_train=n_max + 1))
+        load_higgs(data_cfg(higgs_file, n_validation=1000, n_train=n_max + 1, cache_dir=tmp_path / "cache"))
     message = str(err.value)
     assert str(Path(higgs_file).resolve()) in message
     assert f"data.n_train to at most {n_max}" in message
     assert "\n" not in message
 
 
-def test_n_validation_alone_larger_than_the_file(higgs_file, sample_rows):
+def test_n_validation_alone_larger_than_the_file(tmp_path, higgs_file, sample_rows):
     with pytest.raises(DataError, match=r"lower data\.n_validation=20000 .*<= " + str(len(sample_rows))):
-        load_higgs(data_cfg(higgs_file, n_validation=20_000, n_train=10))
+        load_higgs(data_cfg(higgs_file, n_validation=20_000, n_train=10, cache_dir=tmp_path / "cache"))
 
 
 # --- small files: line endings, blank lines, gzip or not --------------------------
@@ -105,25 +105,25 @@ def test_line_endings_and_trailing_blank_lines(tmp_path, sample_lines, sample_ro
     """Plain or gzip (by content, whatever the name), LF or CRLF, blank lines at the end: the same rows."""
     text = ending.join(sample_lines[:30]) + ending + trailer
     path = _write(tmp_path / "rows.csv.gz", text, gz=gz)  # a plain file named .gz is still read as plain
-    splits = load_higgs(data_cfg(path, n_validation=10, n_train=20))
+    splits = load_higgs(data_cfg(path, n_validation=10, n_train=20, cache_dir=tmp_path / "cache"))
     np.testing.assert_array_equal(splits.x_val, sample_rows[:10, 1:])
     np.testing.assert_array_equal(splits.x_train, sample_rows[10:30, 1:])
     # asking for more rows than there are: the row-count error, not a complaint about the blank line
     with pytest.raises(DataError, match=r"has 30 rows.*data\.n_train to at most 20"):
-        load_higgs(data_cfg(path, n_validation=10, n_train=21))
+        load_higgs(data_cfg(path, n_validation=10, n_train=21, cache_dir=tmp_path / "cache"))
 
 
 def test_byte_order_mark_is_ignored(tmp_path, sample_lines, sample_rows):
     path = tmp_path / "bom.csv"
     path.write_bytes(b"\xef\xbb\xbf" + ("\n".join(sample_lines[:20]) + "\n").encode())
-    splits = load_higgs(data_cfg(path, n_validation=5, n_train=15))
+    splits = load_higgs(data_cfg(path, n_validation=5, n_train=15, cache_dir=tmp_path / "cache"))
     np.testing.assert_array_equal(splits.y_val[:, 0], sample_rows[:5, 0])
 
 
 def test_reading_stops_before_a_later_bad_line(tmp_path, sample_lines):
     """Only the rows asked for are read: garbage after them does not matter."""
     path = _write(tmp_path / "rows.csv", "\n".join(sample_lines[:30]) + "\nnot,a,row\n", gz=False)
-    assert len(load_higgs(data_cfg(path, n_validation=10, n_train=20)).x_train) == 20
+    assert len(load_higgs(data_cfg(path, n_validation=10, n_train=20, cache_dir=tmp_path / "cache")).x_train) == 20
 
 
 BAD_FILES = [
@@ -181,7 +181,7 @@ def test_bad_file_is_one_line_data_error(tmp_path, sample_lines, case, expected)
     path.write_bytes(raw)
 
     with pytest.raises(DataError) as err:
-        load_higgs(data_cfg(path, n_validation=10, n_train=40))
+        load_higgs(data_cfg(path, n_validation=10, n_train=40, cache_dir=tmp_path / "cache"))
     message = str(err.value)
     assert "\n" not in message
     assert str(path) in message
@@ -201,7 +201,7 @@ def test_unopenable_path_names_data_path(tmp_path, make_path, expected):
     (tmp_path / "file.csv").write_text("")
     path = make_path(tmp_path)
     with pytest.raises(DataError) as err:
-        load_higgs(data_cfg(path))
+        load_higgs(data_cfg(path, cache_dir=tmp_path / "cache"))
     assert str(err.value) == f"data.path: {path}: {expected}"
 
 
