@@ -1,48 +1,61 @@
-"""`python -m src.bench_pipeline`: per-step time of a loop at several training-set sizes (it must not grow with n)."""
+"""`python -m src.bench_pipeline`: per-step time and peak memory against the number of training rows (neither may grow per row beyond the data)."""
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
-from typing import Dict, Optional, Sequence
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from src.config import PROJECT_ROOT
+
+N_VALIDATION = 1000
+FULL_HIGGS_TRAIN_ROWS = 10_500_000
+GiB = 2**30
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m src.bench_pipeline",
-        description="Train the given model on synthetic rows in the UCI layout's shape at each size, and print the "
-        "median per-step time of the epochs after the first, and its ratio to the smallest size's.",
+        description="Ingest a synthetic UCI file (or --data) into a fresh cache, then at each size: train the model "
+        "in-process and print the median per-step time of the epochs after the first and its ratio to the smallest "
+        "size's; and run a whole `python -m src.train` and print its peak RSS against the training rows' bytes.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--rows", type=int, nargs="+", default=[99_000, 990_000], help="training rows of each run")
+    parser.add_argument("--data", type=Path, default=None, help="a UCI file with enough rows (default: synthetic)")
     parser.add_argument("--loop", default="fit", help="loop option (conf/loop/)")
     parser.add_argument("--model", default="tiny", help="model option (conf/model/)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per size; the first is not measured")
     parser.add_argument("--batch-size", type=int, default=500, help="train.batch_size")
+    parser.add_argument("--rss", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure a whole `python -m src.train`'s peak RSS at each size")
     args = parser.parse_args(argv)
     if args.epochs < 2 or min(args.rows) < args.batch_size:
         parser.error("--epochs must be at least 2 and every --rows at least --batch-size")
     return args
 
 
-def per_step_seconds(args: argparse.Namespace) -> Dict[int, float]:
-    """Median seconds per training step of the epochs after the first, for each size in args.rows."""
-    import numpy as np
+def _data_overrides(data: Path, cache: Path, n_train: int) -> List[str]:
+    return [f"data.path={data}", f"data.cache_dir={cache}", f"data.n_validation={N_VALIDATION}", f"data.n_train={n_train}"]
 
+
+def per_step_seconds(args: argparse.Namespace, data: Path, cache: Path) -> Dict[int, float]:
+    """Median seconds per training step of the epochs after the first, for each size in args.rows."""
     from src import loops, runtime
     from src.config import compose_config
-    from src.data import HiggsSplits, make_datasets
+    from src.data import load_higgs, make_datasets
     from src.models import build_model
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(1000 + max(args.rows), 28)).astype(np.float32)
-    y = (x[:, :3].sum(axis=1) > 0).astype(np.float32)[:, None]
-    cfg = compose_config([f"model={args.model}", f"loop={args.loop}"])
     result = {}
     for n in args.rows:
-        splits = HiggsSplits(x[:1000], y[:1000], x[1000 : 1000 + n], y[1000 : 1000 + n], "synthetic")
+        cfg = compose_config([f"model={args.model}", f"loop={args.loop}", *_data_overrides(data, cache, n)])
+        splits = load_higgs(cfg.data)  # memory-mapped from the cache, as a run reads it
         strategy, _ = runtime.prepare(cfg)
         train_ds, val_ds = make_datasets(splits, args.batch_size, cfg.seed)
-        model = build_model(cfg.model, cfg.reg, x.shape[1])
+        model = build_model(cfg.model, cfg.reg, cfg.data.n_features)
         seconds = []
         settings = loops.LoopSettings(
             strategy=strategy, epochs=args.epochs, steps_per_epoch=n // args.batch_size, learning_rate=1e-3,
@@ -53,14 +66,54 @@ def per_step_seconds(args: argparse.Namespace) -> Dict[int, float]:
     return result
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[int, float]:
+def peak_rss_bytes(args: argparse.Namespace, data: Path, cache: Path, n: int, tmp: Path) -> int:
+    """Peak resident memory of a whole `python -m src.train` of 2 epochs on `n` training rows."""
+    command = [
+        sys.executable, "-m", "src.train", *_data_overrides(data, cache, n), f"model={args.model}",
+        f"loop={args.loop}", "train.epochs=2", f"train.batch_size={args.batch_size}", "quiet=true",
+        f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db", f"mlflow.artifact_location={tmp}/artifacts",
+        f"hydra.run.dir={tmp}/outputs/{n}",
+    ]
+    proc = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not the largest of all children
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed: {proc.stderr.read().decode()[-2000:]}")
+    proc.stderr.close()
+    return usage.ru_maxrss * 1024  # Linux reports KiB
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[int, float]]:
     args = parse_args(argv)
-    result = per_step_seconds(args)
-    smallest = min(result)
-    print(f"{'training rows':>14}  {'ms per step':>11}  {'vs ' + str(smallest):>10}")
-    for n, seconds in result.items():
-        print(f"{n:>14,}  {1000 * seconds:>11.2f}  {seconds / result[smallest]:>10.2f}")
-    return result
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp_name:
+        tmp = Path(tmp_name)
+        data = args.data
+        if data is None:
+            from src.synthetic import write_uci_gzip
+
+            data = tmp / "higgs-synthetic.csv.gz"
+            write_uci_gzip(data, N_VALIDATION + max(args.rows))
+        cache = tmp / "cache"
+        subprocess.run([sys.executable, "-m", "src.data", str(data), "--cache-dir", str(cache), "--quiet"],
+                       cwd=PROJECT_ROOT, check=True, stdout=subprocess.DEVNULL)
+        per_step = per_step_seconds(args, data, cache)
+        rss = {n: peak_rss_bytes(args, data, cache, n, tmp) for n in args.rows} if args.rss else {}
+    smallest = min(per_step)
+    print(f"{'training rows':>14}  {'ms per step':>11}  {'vs ' + str(smallest):>10}  {'peak RSS':>9}  "
+          f"{'rows bytes':>10}  {'RSS - rows':>10}")
+    for n, seconds in per_step.items():
+        row_bytes = n * 29 * 4
+        memory = (f"  {rss[n] / GiB:>5.2f} GiB  {row_bytes / GiB:>6.2f} GiB  {(rss[n] - row_bytes) / GiB:>6.2f} GiB"
+                  if n in rss else "")
+        print(f"{n:>14,}  {1000 * seconds:>11.2f}  {seconds / per_step[smallest]:>10.2f}{memory}")
+    if len(rss) >= 2:
+        (n0, r0), (n1, r1) = sorted(rss.items())[0], sorted(rss.items())[-1]
+        per_row = (r1 - r0) / (n1 - n0)
+        projected = r1 + per_row * (FULL_HIGGS_TRAIN_ROWS - n1)
+        budget = FULL_HIGGS_TRAIN_ROWS * 29 * 4 + 1.5 * GiB
+        print(f"peak RSS grows {per_row:.0f} bytes per training row (a row is {29 * 4} bytes); projected for "
+              f"{FULL_HIGGS_TRAIN_ROWS:,} rows: {projected / GiB:.2f} GiB (budget: rows + 1.5 GiB = {budget / GiB:.2f} GiB)")
+    return {"per_step_seconds": per_step, "peak_rss_bytes": rss}
 
 
 if __name__ == "__main__":

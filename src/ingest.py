@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 GZIP_MAGIC = b"\x1f\x8b"
 # pyarrow parses (and converts) the text in blocks of this many bytes, several at once
 FAST_BLOCK_BYTES = 1 << 20
+# pyarrow reads 8-25 MiB ahead of the rows it hands on; a shorter prefix of a stream (a download
+# of the tutorial's 11,000 rows) goes to the line parser, which reads only what it needs
+STREAM_FAST_MIN_ROWS = 200_000
 # the line parser hands on rows in blocks of this many
 LINE_BLOCK_ROWS = 1 << 16
 
@@ -39,9 +42,13 @@ def parse_blocks(
     """(rows, 1 + n_features) float32 blocks of the first `n_rows` rows (None: every row) of a UCI file.
 
     Raises DataError naming `name` and the line for anything that is not a UCI row.
-    `threads`: decompress in a thread of its own (local files; a prefix of a stream reads less without).
+    `threads`: decompress in a thread of its own (local files); False for a stream (see STREAM_FAST_MIN_ROWS).
     """
     done = 0
+    if not threads and n_rows is not None and n_rows < STREAM_FAST_MIN_ROWS:
+        with open_raw() as raw:
+            yield from _line_blocks(_text_lines(raw), n_rows, n_features, name)
+        return
     try:
         for block in _fast_blocks(open_raw, n_rows, n_features, threads):
             done += len(block)

@@ -230,6 +230,13 @@ def write_big_uci_gzip(path: Path, n_rows: int, block_rows: int = 2000, seed: in
     return block
 
 
+def _cached_rows(path: Path) -> np.ndarray:
+    from src.datacache import _entries
+
+    (entry,) = [e for e in _entries(path.parent) if e.path == path]
+    return entry.head(None)
+
+
 class _FileServer:
     """A real HTTP server on 127.0.0.1 serving one file, counting the bytes it managed to send."""
 
@@ -245,6 +252,16 @@ class _FileServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_HEAD(self):
+                if self.path != "/HIGGS.csv.gz":
+                    self.send_error(404)
+                    return
+                stat = server.path.stat()
+                self.send_response(200)
+                self.send_header("Content-Length", str(stat.st_size))
+                self.send_header("ETag", f'"{stat.st_mtime_ns}-{stat.st_size}"')
+                self.end_headers()
+
             def do_GET(self):
                 server.requests += 1
                 if self.path != "/HIGGS.csv.gz":
@@ -308,10 +325,9 @@ def test_download_streams_only_the_rows_it_needs_then_works_offline(tmp_path):
     assert server.bytes_sent < size / 10, f"sent {server.bytes_sent} of {size} bytes for 1,100 rows"
 
     # the parsed rows are cached under data.cache_dir ...
-    cached = list(cache_dir.glob("*.npy"))
-    assert len(cached) == 1
-    np.testing.assert_array_equal(np.load(cached[0])[:, 1:], block[:1100, 1:])
-    assert not [p for p in cache_dir.iterdir() if p not in cached], "leftover temporary files"
+    (cached,) = cache_dir.glob("*.rows")
+    np.testing.assert_array_equal(_cached_rows(cached)[:, 1:], block[:1100, 1:])
+    assert not [p for p in cache_dir.iterdir() if p.suffix not in (".rows", ".lock")], "leftover temporary files"
 
     # ... so a rerun works with the server gone (its port now refuses connections)
     again = load_higgs(cfg)
@@ -332,7 +348,7 @@ def test_download_without_cache_or_server_is_one_line_naming_data_path(tmp_path)
         load_higgs(data_cfg(url=url, cache_dir=tmp_path / "empty-cache"))
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith(f"data.url: cannot download {url} (")
+    assert message.startswith(f"data.url: cannot reach {url} (")
     assert message.endswith("set data.path to a local copy of HIGGS.csv.gz")
 
 
@@ -345,14 +361,14 @@ def test_unreadable_cache_is_a_cache_miss(tmp_path):
     cfg = data_cfg(n_validation=10, n_train=90, url=server.url, cache_dir=cache_dir)
     try:
         load_higgs(cfg)
-        (cached,) = cache_dir.glob("*.npy")
-        cached.write_bytes(b"not an npy file")
+        (cached,) = cache_dir.glob("*.rows")
+        cached.write_bytes(b"not a cache file")
         splits = load_higgs(cfg)
     finally:
         server.close()
     assert server.requests == 2
     np.testing.assert_array_equal(splits.x_train, block[10:100, 1:])
-    assert np.load(cached).shape == (100, 1 + N_FEATURES)
+    assert _cached_rows(cached).shape == (100, 1 + N_FEATURES)
 
 
 def test_download_not_found_is_one_line_naming_data_path(tmp_path):
@@ -383,7 +399,7 @@ def test_download_cut_short_is_one_line_and_not_cached(tmp_path):
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith(f"{server.url}: corrupt or truncated gzip data after line "), message
-    assert not cache_dir.exists() or not list(cache_dir.iterdir())
+    assert not cache_dir.exists() or not [p for p in cache_dir.iterdir() if p.suffix != ".lock"]
 
 
 def test_training_stream_depends_on_the_seed_alone(sample_rows):
