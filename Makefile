@@ -4,13 +4,17 @@ PORT    ?= 5000
 STORE   ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 ARGS    ?=
 RUN     ?=
+SOURCE  ?= $(HIGGS_PATH)
 
-.PHONY: install train sweep ui server test test-slow reproduce compare bench clean
+.PHONY: install data train sweep ui server test test-slow reproduce compare bench clean
 
 install:  ## create .venv and install the project with its test tools
 	python3 -m venv .venv
 	.venv/bin/pip install --upgrade pip
 	.venv/bin/pip install -e '.[test]'
+
+data:  ## ingest a HIGGS file (a path or a URL) into the cache training reads: make data SOURCE=<path or URL>
+	$(PY) -m src.data $(SOURCE) $(ARGS)
 
 train:  ## one run with the defaults (large model, reg=none, loop=fit); add overrides with ARGS="..."
 	$(PY) -m src.train $(ARGS)

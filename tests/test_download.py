@@ -252,3 +252,33 @@ def test_remote_identity_of_an_unreachable_server_is_one_line():
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith(f"data.url: cannot reach {url} (") and message.endswith(")")
+
+
+def test_every_row_of_a_url_downloads_resumably_is_cached_and_then_serves_offline(tmp_path, serve, caplog):
+    """data.n_train=-1 with no data.path: the whole file, cut twice on the way, becomes the cache's rows."""
+    import gzip
+
+    from omegaconf import OmegaConf
+
+    from src.data import load_higgs
+    from src.synthetic import uci_block, uci_text
+
+    block = uci_block(5000, seed=2)
+    source = tmp_path / "HIGGS.csv.gz"
+    source.write_bytes(gzip.compress(uci_text(block)))
+    third = source.stat().st_size // 3
+    server = serve(source, cuts=[third, third])
+    cache = tmp_path / "cache"
+    cfg = OmegaConf.create(dict(name="higgs", path=None, url=server.url, n_features=28, n_validation=1000,
+                                n_train=-1, cache_dir=str(cache), timeout_seconds=TIMEOUT))
+    splits = load_higgs(cfg)
+    np.testing.assert_array_equal(splits.x_train, block[1000:, 1:])
+    np.testing.assert_array_equal(splits.y_val, block[:1000, :1])
+    assert server.range_starts() == [None, third, 2 * third]
+    assert not list((cache / "downloads").iterdir()), "the download stays once its rows are cached"
+
+    server.close()  # offline from here on
+    with caplog.at_level(logging.WARNING):
+        again = load_higgs(cfg)
+    np.testing.assert_array_equal(again.x_train, splits.x_train)
+    assert f"data.url: cannot reach {server.url}" in caplog.text and "using its rows cached on" in caplog.text
