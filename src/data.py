@@ -106,8 +106,11 @@ def local_source(path: Path) -> "Source":
         raise DataError(f"data.path: {path}: permission denied") from None
     except OSError as exc:  # e.g. a parent that is a file, an I/O error
         raise DataError(f"data.path: {path}: {exc.strerror or exc}") from None
-    identity = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    return Source(str(path), identity, lambda: open(path, "rb"), stat.st_size, threads=True)
+    def identity_of(stat: os.stat_result) -> dict:
+        return {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+    return Source(str(path), identity_of(stat), lambda: open(path, "rb"), stat.st_size, threads=True,
+                  identity_now=lambda: identity_of(path.stat()))
 
 
 def _url_rows(data: DictConfig, n_rows: Optional[int], cache_dir: Path, progress: bool) -> "CachedRows":

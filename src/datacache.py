@@ -19,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -42,6 +42,7 @@ class Source:
     open_raw: OpenRaw
     size: Optional[int]  # bytes, for the progress bar
     threads: bool  # decompress in a thread of its own (see ingest.parse_blocks)
+    identity_now: Optional[Callable[[], dict]] = None  # the identity read again, to notice a change mid-ingest
 
     @property
     def key(self) -> str:
@@ -112,6 +113,8 @@ def ingest(
         entry = _find(cache_dir, source, n_rows)  # another job may have ingested it while this one waited
         if entry is not None:
             return entry, False
+        for stale in cache_dir.glob(f".higgs-{source.key}-*{SUFFIX}.tmp"):  # left by a killed ingest (the lock is ours)
+            stale.unlink(missing_ok=True)
         entry = _write(source, n_rows, n_features, cache_dir, progress)
         _remove_superseded(cache_dir, source, entry)
         return entry, True
@@ -189,6 +192,8 @@ def _write(source: Source, n_rows: Optional[int], n_features: int, cache_dir: Pa
                 raise DataError(f"{source.location}: its identity is too long for a cache header")
             out.seek(0)
             out.write(encoded.ljust(HEADER_BYTES, b" "))
+        if source.identity_now is not None and source.identity_now() != source.identity:
+            raise DataError(f"{source.location} changed while it was being read; run again once it is complete")
         path = cache_dir / f"higgs-{source.key}-{'all' if complete else rows}{SUFFIX}"
         os.replace(tmp_name, path)
     except BaseException:

@@ -174,3 +174,35 @@ def test_the_ingest_command_reports_bad_input_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert err.strip() == f"error: {bad} line 1: expected 29 comma-separated values (label + data.n_features=28), got 2"
     assert not (tmp_path / "cache").exists() or cache_files(tmp_path / "cache") == ([], [])
+
+
+def test_a_file_rewritten_during_its_ingest_is_not_cached(tmp_path, block, monkeypatch):
+    """A copy still being written when a job starts: the job stops in one line, and no cache claims that content."""
+    from src import datacache
+
+    path = tmp_path / "higgs.csv"
+    path.write_bytes(uci_text(block))
+    real_blocks = datacache.parse_blocks
+
+    def parse_then_append(*args, **kwargs):
+        yield from real_blocks(*args, **kwargs)
+        with open(path, "ab") as f:  # the copy goes on after the rows were read
+            f.write(uci_text(block[:10]))
+
+    monkeypatch.setattr(datacache, "parse_blocks", parse_then_append)
+    with pytest.raises(DataError, match=r"higgs\.csv changed while it was being read"):
+        load_higgs(data_cfg(path, tmp_path / "cache", n_train=-1))
+    assert cache_files(tmp_path / "cache") == ([], [])
+
+
+def test_a_killed_ingest_leaves_nothing_that_is_read_and_its_leftover_is_cleared(tmp_path, block):
+    path = tmp_path / "higgs.csv"
+    path.write_bytes(uci_text(block))
+    cache = tmp_path / "cache"
+    load_higgs(data_cfg(path, cache, n_train=100))
+    (first,), _ = cache_files(cache)
+    leftover = cache / f".{first.name.rsplit('-', 1)[0]}-x1y2z3.rows.tmp"  # as a SIGKILL mid-write leaves it
+    leftover.write_bytes(b"\0" * 5000)
+    splits = load_higgs(data_cfg(path, cache, n_train=-1))  # the next ingest of that source clears it
+    np.testing.assert_array_equal(splits.x_train, block[100:, 1:])
+    assert not leftover.exists() and cache_files(cache)[1] == []
