@@ -51,15 +51,16 @@ def per_step_seconds(args: argparse.Namespace, data: Path, cache: Path) -> Dict[
 
     result = {}
     for n in args.rows:
-        cfg = compose_config([f"model={args.model}", f"loop={args.loop}", *_data_overrides(data, cache, n)])
+        cfg = compose_config([f"model={args.model}", f"loop={args.loop}", f"train.epochs={args.epochs}",
+                              f"train.batch_size={args.batch_size}", *_data_overrides(data, cache, n)])
         splits = load_higgs(cfg.data)  # memory-mapped from the cache, as a run reads it
         strategy, _ = runtime.prepare(cfg)
         train_ds, val_ds = make_datasets(splits, args.batch_size, cfg.seed)
         model = build_model(cfg.model, cfg.reg, cfg.data.n_features)
         seconds = []
-        settings = loops.LoopSettings(
-            strategy=strategy, epochs=args.epochs, steps_per_epoch=n // args.batch_size, learning_rate=1e-3,
-            jit_compile=False, progress=False, on_epoch_end=[lambda epoch, m: seconds.append(m["epoch_seconds"])],
+        settings = loops.LoopSettings.from_config(
+            cfg, strategy=strategy, steps_per_epoch=n // args.batch_size, progress=False,
+            on_epoch_end=[lambda epoch, m: seconds.append(m["epoch_seconds"])],
         )
         loops.LOOPS[args.loop](model, train_ds, val_ds, cfg.loop, settings)
         result[n] = statistics.median(seconds[1:]) / (n // args.batch_size)

@@ -17,6 +17,22 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 NON_SEMANTIC_KEYS = ("mlflow", "quiet", "resume")
 ALL_ROWS = -1  # data.n_train's value for "every row after the validation rows"
 
+# Every epoch logs exactly these metrics, for every loop.
+EPOCH_METRICS = (
+    "loss",
+    "val_loss",
+    "binary_crossentropy",
+    "val_binary_crossentropy",
+    "reg_loss",
+    "accuracy",
+    "val_accuracy",
+    "learning_rate",
+    "epoch_seconds",
+)
+# What train.early_stopping.monitor may name (and which way is better).
+HIGHER_IS_BETTER = ("accuracy", "val_accuracy")
+MONITORABLE = ("loss", "val_loss", "binary_crossentropy", "val_binary_crossentropy", *HIGHER_IS_BETTER)
+
 # Values live in conf/*.yaml; these schemas only fix names and types, so a
 # misspelled key, a wrong type or an unknown enum value fails when Hydra composes the config.
 
@@ -36,6 +52,13 @@ class Strategy(str, Enum):
     default = "default"
     one_device = "one_device"
     mirrored = "mirrored"
+
+
+class LrSchedule(str, Enum):
+    """Adam's learning rate per step: constant, or the tutorial's InverseTimeDecay."""
+
+    constant = "constant"
+    inverse_time = "inverse_time"
 
 
 @dataclass
@@ -89,10 +112,22 @@ class DataConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    enabled: bool = MISSING
+    monitor: str = MISSING  # one of MONITORABLE; also picks the epoch of the logged best model
+    patience: int = MISSING  # epochs without an improvement before training stops
+    min_delta: float = MISSING  # an improvement must beat the best by more than this
+    restore_best: bool = MISSING  # end training with the best epoch's weights
+
+
+@dataclass
 class TrainConfig:
     epochs: int = MISSING
     batch_size: int = MISSING  # rows per step; an epoch is data.n_train // batch_size steps
-    learning_rate: float = MISSING  # Adam's
+    learning_rate: float = MISSING  # Adam's (the initial one, with a schedule)
+    lr_schedule: LrSchedule = MISSING
+    lr_decay_epochs: float = MISSING  # inverse_time: epochs until the rate has halved
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     jit_compile: bool = MISSING  # XLA, for every loop
     deterministic: bool = MISSING  # op determinism: bit-identical reruns
     threads: int = MISSING  # TensorFlow's intra/inter-op threads; 0 = all cores
@@ -106,6 +141,7 @@ class MlflowConfig:
     experiment_name: str = MISSING
     artifact_location: Optional[str] = MISSING
     retry_seconds: float = MISSING
+    log_models: bool = MISSING  # the final and the best model of every run, in the Keras flavor
 
 
 @dataclass
@@ -169,6 +205,11 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.train.batch_size >= 1, "train.batch_size", "must be at least 1")
     need(cfg.train.learning_rate > 0, "train.learning_rate", "must be positive")
     need(cfg.train.threads >= 0, "train.threads", "must be 0 (all cores) or a positive count")
+    need(cfg.train.lr_decay_epochs > 0, "train.lr_decay_epochs", "must be positive")
+    stopping = cfg.train.early_stopping
+    need(stopping.monitor in MONITORABLE, "train.early_stopping.monitor", f"must be one of {', '.join(MONITORABLE)}")
+    need(stopping.patience >= 0, "train.early_stopping.patience", "must be 0 or more")
+    need(stopping.min_delta >= 0, "train.early_stopping.min_delta", "must be 0 or more")
     need(cfg.data.n_validation >= 1, "data.n_validation", "must be at least 1")
     need(cfg.data.n_train >= 1 or cfg.data.n_train == ALL_ROWS, "data.n_train",
          f"must be at least 1, or {ALL_ROWS} for every row after the validation rows")

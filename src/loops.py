@@ -10,14 +10,16 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import keras
 import tensorflow as tf
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from src.config import EPOCH_METRICS, LrSchedule
 from src.errors import NonFiniteLossError
+from src.monitor import EpochMonitor
 
 log = logging.getLogger(__name__)
 # Epoch summaries go to the job log file only (conf/config.yaml routes this
@@ -25,19 +27,6 @@ log = logging.getLogger(__name__)
 epoch_log = logging.getLogger("src.epochs")
 
 EpochCallback = Callable[[int, Dict[str, float]], None]
-
-# Every epoch logs exactly these keys, for every loop.
-EPOCH_METRICS = (
-    "loss",
-    "val_loss",
-    "binary_crossentropy",
-    "val_binary_crossentropy",
-    "reg_loss",
-    "accuracy",
-    "val_accuracy",
-    "epoch_seconds",
-)
-
 
 @dataclass(frozen=True)
 class LoopSettings:
@@ -47,9 +36,31 @@ class LoopSettings:
     epochs: int
     steps_per_epoch: int
     learning_rate: float
+    lr_schedule: LrSchedule
+    lr_decay_epochs: float
     jit_compile: bool
     progress: bool
     on_epoch_end: Sequence[EpochCallback]  # called in order after every epoch
+    monitor: EpochMonitor  # the best epoch, its weights, early stopping
+
+    @classmethod
+    def from_config(
+        cls, cfg: DictConfig, *, strategy: tf.distribute.Strategy, steps_per_epoch: int,
+        on_epoch_end: Sequence[EpochCallback] = (), progress: Optional[bool] = None,
+    ) -> "LoopSettings":
+        """The settings a config asks for (`progress` defaults to `not cfg.quiet`)."""
+        return cls(
+            strategy=strategy,
+            epochs=cfg.train.epochs,
+            steps_per_epoch=steps_per_epoch,
+            learning_rate=cfg.train.learning_rate,
+            lr_schedule=LrSchedule(cfg.train.lr_schedule),
+            lr_decay_epochs=cfg.train.lr_decay_epochs,
+            jit_compile=cfg.train.jit_compile,
+            progress=not cfg.quiet if progress is None else progress,
+            on_epoch_end=tuple(on_epoch_end),
+            monitor=EpochMonitor.from_config(cfg.train),
+        )
 
 
 Loop = Callable[[keras.Model, tf.data.Dataset, tf.data.Dataset, DictConfig, LoopSettings], None]
@@ -80,8 +91,15 @@ def make_metrics() -> list:
     ]
 
 
-def make_optimizer(learning_rate: float) -> keras.optimizers.Optimizer:
-    return keras.optimizers.Adam(learning_rate=learning_rate)
+def make_optimizer(settings: LoopSettings) -> keras.optimizers.Optimizer:
+    """Adam, at a constant rate or on the tutorial's InverseTimeDecay schedule (per step, not staircase)."""
+    rate = settings.learning_rate
+    if settings.lr_schedule == LrSchedule.inverse_time:
+        rate = keras.optimizers.schedules.InverseTimeDecay(
+            settings.learning_rate, decay_steps=settings.steps_per_epoch * settings.lr_decay_epochs, decay_rate=1,
+            staircase=False,
+        )
+    return keras.optimizers.Adam(learning_rate=rate)
 
 
 def regularization_loss(model: keras.Model) -> float:
@@ -89,8 +107,13 @@ def regularization_loss(model: keras.Model) -> float:
     return float(sum(float(loss) for loss in model.losses))
 
 
-def _finish_epoch(epoch: int, metrics: Dict[str, float], model: keras.Model, settings: LoopSettings) -> None:
+def _finish_epoch(
+    epoch: int, metrics: Dict[str, float], model: keras.Model, optimizer: keras.optimizers.Optimizer,
+    settings: LoopSettings,
+) -> bool:
+    """Complete, log and hand on one epoch's metrics; whether training should stop early."""
     metrics["reg_loss"] = regularization_loss(model)
+    metrics["learning_rate"] = float(optimizer.learning_rate)  # the rate after the epoch's last step
     epoch_log.info(
         "epoch %d: loss=%.4f val_loss=%.4f bce=%.4f val_bce=%.4f acc=%.4f val_acc=%.4f (%.2fs)",
         epoch,
@@ -107,6 +130,14 @@ def _finish_epoch(epoch: int, metrics: Dict[str, float], model: keras.Model, set
         callback(epoch, logged)
     if not math.isfinite(metrics["loss"]):
         raise NonFiniteLossError(epoch, metrics["loss"])
+    return settings.monitor.update(epoch, logged, model.get_weights)
+
+
+def _end_training(model: keras.Model, settings: LoopSettings) -> None:
+    """What every loop does after its last epoch: restore the best epoch's weights if asked to."""
+    monitor = settings.monitor
+    if monitor.restore_best and monitor.best_weights is not None:
+        model.set_weights(monitor.best_weights)
 
 
 class _EpochReporter(keras.callbacks.Callback):
@@ -123,7 +154,8 @@ class _EpochReporter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         metrics = {key: float(value) for key, value in (logs or {}).items()}
         metrics["epoch_seconds"] = time.perf_counter() - self._started
-        _finish_epoch(epoch, metrics, self.model, self._settings)
+        if _finish_epoch(epoch, metrics, self.model, self.model.optimizer, self._settings):
+            self.model.stop_training = True
 
 
 @loop("fit")
@@ -133,7 +165,7 @@ def run_fit(
     """Keras `model.fit`, which adds `sum(model.losses)` to the objective by itself."""
     with settings.strategy.scope():
         model.compile(
-            optimizer=make_optimizer(settings.learning_rate),
+            optimizer=make_optimizer(settings),
             loss=make_loss(),
             metrics=make_metrics(),
             jit_compile=settings.jit_compile,
@@ -147,6 +179,7 @@ def run_fit(
         verbose=1 if settings.progress else 0,
         shuffle=False,  # train_ds is already shuffled with the configured seed
     )
+    _end_training(model, settings)
 
 
 @loop("tape")
@@ -164,7 +197,7 @@ def run_tape(
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
         per_example_loss = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
-        optimizer = make_optimizer(settings.learning_rate)
+        optimizer = make_optimizer(settings)
         # Slots now, as fit does: variables created inside a distributed tf.function fail.
         optimizer.build(model.trainable_variables)
         train_loss, val_loss = keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="val_loss")
@@ -237,6 +270,8 @@ def run_tape(
             metrics["epoch_seconds"] = time.perf_counter() - started
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", val_loss=f"{metrics['val_loss']:.4f}")
-            _finish_epoch(epoch, metrics, model, settings)
+            if _finish_epoch(epoch, metrics, model, optimizer, settings):
+                break
     finally:
         bar.close()
+    _end_training(model, settings)

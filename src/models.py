@@ -22,3 +22,11 @@ def build_model(model: DictConfig, reg: DictConfig, n_features: int) -> keras.Se
         raise ConfigError(
             f"model.hidden_units={list(model.hidden_units)}: the model's weights do not fit in memory"
         ) from None
+
+
+def scoring_model(model: keras.Model, weights=None) -> keras.Sequential:
+    """A copy of `model` (with `weights`, default its own) that outputs the signal probability, not the logit."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights() if weights is None else weights)
+    return keras.Sequential([keras.Input(shape=model.input_shape[1:]), copy, keras.layers.Activation("sigmoid")],
+                            name=f"{model.name}_probability")

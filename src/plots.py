@@ -161,3 +161,16 @@ def _limits(drawn: List[np.ndarray]) -> Optional[Tuple[float, float]]:
     high = float(later.max()) if later.size else float(every.max())
     margin = (high - low) * 0.05 or abs(high) * 0.05 or 0.05
     return low - margin, high + margin
+
+
+def roc_figure(false_positive_rate: np.ndarray, true_positive_rate: np.ndarray, auc: float, title: str) -> Figure:
+    """The ROC curve of a scored model, with its area and the chance diagonal."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.set_title("\n".join(textwrap.wrap(title, 60)) or title)
+    ax.plot(false_positive_rate, true_positive_rate, label=f"model (AUC {auc:.4f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    ax.set_xlabel("false positive rate (background called signal)")
+    ax.set_ylabel("true positive rate (signal found)")
+    ax.grid(True, alpha=0.4)
+    ax.legend(loc="lower right")
+    return fig

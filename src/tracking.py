@@ -131,6 +131,31 @@ class TrackedRun:
         self.writer.submit(epoch, metrics)
         self.result.write_seconds.append(time.perf_counter() - started)
 
+    def log_model(self, model, name: str, *, step: int, example, tags: Optional[Dict[str, str]] = None) -> str:
+        """A Keras model in MLflow's Keras flavor (with a signature and `example` rows as its input example), linked
+        to this run at `step`: it shows in the UI's "Logged models" and loads as `runs:/<run_id>/<name>`. Its ID."""
+        import keras
+        import mlflow
+        import mlflow.tensorflow
+        import tensorflow as tf
+        from mlflow.models import infer_signature
+
+        # MLflow's model logging goes through its fluent state: the store and the experiment the logged model
+        # belongs to (without it, the model lands in experiment 0 and `runs:/` cannot find it)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_experiment(experiment_id=self.experiment_id)
+        signature = infer_signature(example, model.predict(example, verbose=0))
+        info = mlflow.tensorflow.log_model(
+            model, name=name, signature=signature, input_example=example, step=step, run_id=self.run_id,
+            tags=tags, pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+        )
+        return info.model_id
+
+    def set_tags(self, tags: Dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+
     def log_figure(self, figure, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
 

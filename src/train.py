@@ -58,11 +58,12 @@ def train(
 
     # TensorFlow is imported only now: bad config, data or store is reported before its ~9 s import.
     import mlflow.data
+    import numpy as np
     import tensorflow as tf
 
     from src import loops, plots, runtime
     from src.data import make_datasets
-    from src.models import build_model
+    from src.models import build_model, scoring_model
     from src.tracking import dataset_source, tracked_run
 
     strategy, devices = runtime.prepare(cfg)
@@ -82,13 +83,8 @@ def train(
         output_dir=output_dir or Path.cwd(), extra_tags=tags,
     ) as run:
         log.info("run %s: %s", run.run_id, name)
-        settings = loops.LoopSettings(
-            strategy=strategy,
-            epochs=cfg.train.epochs,
-            steps_per_epoch=len(splits.x_train) // cfg.train.batch_size,
-            learning_rate=cfg.train.learning_rate,
-            jit_compile=cfg.train.jit_compile,
-            progress=not cfg.quiet,
+        settings = loops.LoopSettings.from_config(
+            cfg, strategy=strategy, steps_per_epoch=len(splits.x_train) // cfg.train.batch_size,
             on_epoch_end=(run.log_epoch, raise_if_interrupted, *on_epoch_end),
         )
         try:
@@ -96,6 +92,16 @@ def train(
         except (tf.errors.ResourceExhaustedError, MemoryError):
             raise ConfigError(f"out of memory while training {name}: lower train.batch_size={cfg.train.batch_size} "
                               f"or model.hidden_units={list(cfg.model.hidden_units)}") from None
+        monitor = settings.monitor
+        run.set_tags(_monitor_tags(monitor, epochs_run=len(run.result.history.get("loss", []))))
+        if cfg.mlflow.log_models:
+            example = np.asarray(splits.x_val[:5])
+            last_epoch = len(run.result.history["loss"]) - 1
+            run.log_model(scoring_model(model), "model", step=last_epoch, example=example,
+                          tags={"weights": "best epoch" if monitor.restore_best else "last epoch"})
+            if monitor.best_epoch is not None:
+                run.log_model(scoring_model(model, monitor.best_weights), "best_model", step=monitor.best_epoch,
+                              example=example, tags={"best_epoch": str(monitor.best_epoch), "monitor": monitor.metric})
         figures = plots.run_figures(run.result.history, name)
         for artifact_file, figure in figures.items():
             run.log_figure(figure, artifact_file)
@@ -103,6 +109,16 @@ def train(
     if run.result.status == FINISHED:
         log.info("%s FINISHED. %s", name, run.ui_hint())
     return run.result
+
+
+def _monitor_tags(monitor, *, epochs_run: int) -> Dict[str, str]:
+    """The monitored metric's best epoch and value, and the epoch training stopped after (if early)."""
+    tags = {"monitor": monitor.metric, "epochs_run": str(epochs_run)}
+    if monitor.best_epoch is not None:
+        tags.update(best_epoch=str(monitor.best_epoch), best_value=repr(monitor.best))
+    if monitor.stopped_epoch is not None:
+        tags["stopped_epoch"] = str(monitor.stopped_epoch)
+    return tags
 
 
 def _with_absolute_data_path(cfg: DictConfig) -> DictConfig:

@@ -60,9 +60,12 @@ class Verdict:
     first: Optional[Difference] = None
     max_abs_diff: float = 0.0
     per_metric: Dict[str, float] = field(default_factory=dict)  # metric -> max abs diff
+    new_metrics: List[str] = field(default_factory=list)  # logged by the reproduction only: code newer than the run
 
     def summary(self) -> str:
         scope = f"{self.n_metrics} metrics x {self.n_steps} epochs, {', '.join(IGNORED_METRICS)} ignored"
+        if self.new_metrics:
+            scope += f"; not in the original: {', '.join(self.new_metrics)}"
         if self.status == IDENTICAL:
             return f"identical: every value bit-identical ({scope})"
         head = f"{self.status}: max abs diff {self.max_abs_diff:.3g} (tolerance {self.tolerance:g}; {scope})"
@@ -80,8 +83,12 @@ class Verdict:
 def compare_histories(
     original: Histories, reproduced: Histories, tolerance: float = 0.0, order: Sequence[str] = ()
 ) -> Verdict:
-    """Every metric at every step; the first difference is the earliest step, metrics in `order` first."""
-    keys = [k for k in {*original, *reproduced} if k not in IGNORED_METRICS]
+    """Every metric of the original at every step; the first difference is the earliest step, metrics in `order` first.
+
+    A metric only the reproduction logged (one added to the code since the original ran) is listed, not compared.
+    """
+    keys = [k for k in original if k not in IGNORED_METRICS]
+    new_metrics = sorted(k for k in reproduced if k not in original and k not in IGNORED_METRICS)
     rank = {key: i for i, key in enumerate(order)}
     keys.sort(key=lambda k: (rank.get(k, len(rank)), k))
     steps = sorted({s for k in keys for h in (original, reproduced) for s in h.get(k, {})})
@@ -103,7 +110,8 @@ def compare_histories(
         status = WITHIN_TOLERANCE
     else:
         status = DIFFERS
-    return Verdict(status, len(keys), len(steps), tolerance, diffs[0] if diffs else None, max_abs, per_metric)
+    return Verdict(status, len(keys), len(steps), tolerance, diffs[0] if diffs else None, max_abs, per_metric,
+                   new_metrics)
 
 
 # --- what may differ besides the code path ------------------------------------

@@ -85,6 +85,7 @@ def make_cfg(higgs_file, store_overrides) -> Callable[..., DictConfig]:
             "train.epochs=2",
             "model=tiny",
             "quiet=true",
+            "mlflow.log_models=false",  # ~1.5 s a run; tests/test_models.py turns it on
             *store_overrides,
         ]
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -132,6 +132,9 @@ def test_compare_histories_finds_first_difference_and_tolerates():
     assert verdict.status == "differs" and verdict.first.reproduced is None and math.isinf(verdict.max_abs_diff)
     nan = {"loss": {0: float("nan")}}
     assert compare_histories(nan, {"loss": {0: float("nan")}}).status == "identical"
+    # a metric the code learned to log after the original ran (learning_rate) is named, not a difference
+    newer = compare_histories(original, {**original, "learning_rate": {0: 1e-3, 1: 1e-3}})
+    assert newer.status == "identical" and "not in the original: learning_rate" in newer.summary()
 
 
 def test_logged_values_are_type_checked_against_todays_schema(make_cfg):

@@ -76,9 +76,9 @@ def test_accuracy_thresholds_logits_at_zero(make_cfg, loop):
     train_ds, val_ds = make_datasets(splits, cfg.train.batch_size, cfg.seed)
     model = build_model(cfg.model, cfg.reg, cfg.data.n_features)
     logged = {}
-    settings = loops.LoopSettings(
-        strategy=tf.distribute.get_strategy(), epochs=1, steps_per_epoch=cfg.data.n_train // cfg.train.batch_size,
-        learning_rate=1e-3, jit_compile=False, progress=False, on_epoch_end=[lambda epoch, m: logged.update(m)],
+    settings = loops.LoopSettings.from_config(
+        cfg, strategy=tf.distribute.get_strategy(), steps_per_epoch=cfg.data.n_train // cfg.train.batch_size,
+        on_epoch_end=[lambda epoch, m: logged.update(m)],
     )
     loops.LOOPS[loop](model, train_ds, val_ds, cfg.loop, settings)
     logits = model.predict(splits.x_val, verbose=0)
