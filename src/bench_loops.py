@@ -124,6 +124,9 @@ def measure_loop(label: str, cfg, warmup: int) -> Dict[str, Any]:
         "log_epoch_seconds": result.write_seconds,
         "median_log_epoch_seconds": log_median,
         "logging_share": log_median / median,
+        # with train.checkpoint_every=1: the state copied and saved to the run's artifacts after every epoch
+        "median_checkpoint_seconds": statistics.median(result.checkpoint_seconds[warmup:]),
+        "checkpoint_share": statistics.median(result.checkpoint_seconds[warmup:]) / median,
         "cores_busy": cores_busy,
         "median_cores_busy": statistics.median(cores_busy) if cores_busy else None,
         "run_wall_seconds": wall,

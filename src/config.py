@@ -13,8 +13,8 @@ from src.regularizers import REGULARIZERS, knobs_on, option_name
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "conf"
-# Top-level keys that do not change what a run computes: left out of its config digest.
-NON_SEMANTIC_KEYS = ("mlflow", "quiet", "resume")
+# Keys (and whole sections) that do not change what a run computes: left out of its config digest.
+NON_SEMANTIC_KEYS = ("mlflow", "quiet", "resume", "train.checkpoint_every", "data.cache_dir", "data.timeout_seconds")
 ALL_ROWS = -1  # data.n_train's value for "every row after the validation rows"
 
 # Every epoch logs exactly these metrics, for every loop.
@@ -32,6 +32,19 @@ EPOCH_METRICS = (
 # What train.early_stopping.monitor may name (and which way is better).
 HIGHER_IS_BETTER = ("accuracy", "val_accuracy")
 MONITORABLE = ("loss", "val_loss", "binary_crossentropy", "val_binary_crossentropy", *HIGHER_IS_BETTER)
+
+
+
+def is_semantic(key: str) -> bool:
+    """Whether a dotted config key can change what a run computes (see NON_SEMANTIC_KEYS)."""
+    return not any(key == k or key.startswith(k + ".") for k in NON_SEMANTIC_KEYS)
+
+
+def semantic_part(plain: dict, prefix: str = "") -> dict:
+    """A plain config without its non-semantic keys."""
+    return {k: semantic_part(v, f"{prefix}{k}.") if isinstance(v, dict) else v
+            for k, v in plain.items() if is_semantic(f"{prefix}{k}")}
+
 
 # Values live in conf/*.yaml; these schemas only fix names and types, so a
 # misspelled key, a wrong type or an unknown enum value fails when Hydra composes the config.
@@ -133,6 +146,7 @@ class TrainConfig:
     threads: int = MISSING  # TensorFlow's intra/inter-op threads; 0 = all cores
     strategy: Strategy = MISSING
     logical_cpus: int = MISSING  # the CPU split into this many devices (replicas)
+    checkpoint_every: int = MISSING  # epochs between saved checkpoints; 0: only when interrupted
 
 
 @dataclass
@@ -205,6 +219,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.train.batch_size >= 1, "train.batch_size", "must be at least 1")
     need(cfg.train.learning_rate > 0, "train.learning_rate", "must be positive")
     need(cfg.train.threads >= 0, "train.threads", "must be 0 (all cores) or a positive count")
+    need(cfg.train.checkpoint_every >= 0, "train.checkpoint_every", "must be 0 (only when interrupted) or more")
     need(cfg.train.lr_decay_epochs > 0, "train.lr_decay_epochs", "must be positive")
     stopping = cfg.train.early_stopping
     need(stopping.monitor in MONITORABLE, "train.early_stopping.monitor", f"must be one of {', '.join(MONITORABLE)}")

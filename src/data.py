@@ -166,11 +166,17 @@ def _open_url(url: str, timeout: float):
         ) from None
 
 
-def make_datasets(splits: HiggsSplits, batch_size: int, seed: int):
-    """Training batches from a fresh shuffle of the rows every epoch, repeated; fixed validation batches."""
+def make_datasets(splits: HiggsSplits, batch_size: int, seed: int, start_step: int = 0):
+    """Training batches from a fresh shuffle of the rows every epoch, repeated; fixed validation batches.
+
+    `start_step`: the stream from that batch on (a resumed run's), exactly as an uninterrupted run reaches it.
+    """
     import tensorflow as tf
 
     n_rows = len(splits.x_train)
+    # the stream is the concatenation of the epoch permutations, cut into batches: batch k starts at row
+    # k * batch_size of it, i.e. inside permutation (k * batch_size) // n_rows
+    first_permutation, skip_rows = divmod(start_step * batch_size, n_rows)
 
     def epoch_order(epoch):
         # Epoch e's order is a stateless permutation keyed by (seed, e), so the
@@ -198,8 +204,10 @@ def make_datasets(splits: HiggsSplits, batch_size: int, seed: int):
     # epochs into batches, as the tutorial's shuffle().repeat().batch() does (a batch may
     # span two epochs), so a step costs the same whatever the number of rows.
     train = (
-        tf.data.Dataset.range(2**62)
+        tf.data.Dataset.range(first_permutation, 2**62)
         .map(epoch_order)
+        .enumerate()
+        .map(lambda i, order: order[tf.where(i == 0, tf.constant(skip_rows, tf.int64), 0):])
         .rebatch(batch_size * GATHER_BATCHES)
         .map(batch_of)
         .rebatch(batch_size)

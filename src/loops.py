@@ -42,11 +42,15 @@ class LoopSettings:
     progress: bool
     on_epoch_end: Sequence[EpochCallback]  # called in order after every epoch
     monitor: EpochMonitor  # the best epoch, its weights, early stopping
+    initial_epoch: int = 0  # a resumed run's first epoch (the data stream must start at its first step)
+    # puts a resumed run's state into the model and the built optimizer before the first step
+    restore: Optional[Callable[[keras.Model, keras.optimizers.Optimizer], None]] = None
 
     @classmethod
     def from_config(
         cls, cfg: DictConfig, *, strategy: tf.distribute.Strategy, steps_per_epoch: int,
-        on_epoch_end: Sequence[EpochCallback] = (), progress: Optional[bool] = None,
+        on_epoch_end: Sequence[EpochCallback] = (), progress: Optional[bool] = None, initial_epoch: int = 0,
+        restore: Optional[Callable] = None,
     ) -> "LoopSettings":
         """The settings a config asks for (`progress` defaults to `not cfg.quiet`)."""
         return cls(
@@ -60,6 +64,8 @@ class LoopSettings:
             progress=not cfg.quiet if progress is None else progress,
             on_epoch_end=tuple(on_epoch_end),
             monitor=EpochMonitor.from_config(cfg.train),
+            initial_epoch=initial_epoch,
+            restore=restore,
         )
 
 
@@ -126,11 +132,12 @@ def _finish_epoch(
         metrics["epoch_seconds"],
     )
     logged = {key: metrics[key] for key in EPOCH_METRICS}
+    stop = settings.monitor.update(epoch, logged, model.get_weights)  # first: a checkpoint callback saves it
     for callback in settings.on_epoch_end:
         callback(epoch, logged)
     if not math.isfinite(metrics["loss"]):
         raise NonFiniteLossError(epoch, metrics["loss"])
-    return settings.monitor.update(epoch, logged, model.get_weights)
+    return stop
 
 
 def _end_training(model: keras.Model, settings: LoopSettings) -> None:
@@ -170,8 +177,12 @@ def run_fit(
             metrics=make_metrics(),
             jit_compile=settings.jit_compile,
         )
+        if settings.restore is not None:
+            model.optimizer.build(model.trainable_variables)  # fit would build it at the first step
+            settings.restore(model, model.optimizer)
     model.fit(
         train_ds,
+        initial_epoch=settings.initial_epoch,
         epochs=settings.epochs,
         steps_per_epoch=settings.steps_per_epoch,
         validation_data=val_ds,
@@ -200,6 +211,8 @@ def run_tape(
         optimizer = make_optimizer(settings)
         # Slots now, as fit does: variables created inside a distributed tf.function fail.
         optimizer.build(model.trainable_variables)
+        if settings.restore is not None:
+            settings.restore(model, optimizer)
         train_loss, val_loss = keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="val_loss")
         train_metrics, val_metrics = make_metrics(), make_metrics()
 
@@ -249,12 +262,14 @@ def run_tape(
         distributed_train_step = tf.function(distributed_train_step, jit_compile=jit, reduce_retracing=True)
         distributed_test_step = tf.function(distributed_test_step, jit_compile=jit, reduce_retracing=True)
 
+    model.optimizer = optimizer  # where fit keeps it, so epoch callbacks (a checkpoint) find it alike
     # One iterator for the whole run, as fit keeps with steps_per_epoch.
     iterator = iter(strategy.experimental_distribute_dataset(train_ds))
     val_batches = strategy.experimental_distribute_dataset(val_ds)
-    bar = tqdm(total=settings.epochs, unit="epoch", disable=not settings.progress, desc=model.name)
+    bar = tqdm(total=settings.epochs, initial=settings.initial_epoch, unit="epoch", disable=not settings.progress,
+               desc=model.name)
     try:
-        for epoch in range(settings.epochs):
+        for epoch in range(settings.initial_epoch, settings.epochs):
             started = time.perf_counter()
             for metric in (train_loss, val_loss, *train_metrics, *val_metrics):
                 metric.reset_state()

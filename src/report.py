@@ -4,10 +4,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from src.config import NON_SEMANTIC_KEYS
+from src.config import is_semantic
 
 # Params that do not make runs different experiments: runs differing only in these form one group.
-GROUP_IGNORED = ("seed", *NON_SEMANTIC_KEYS)
+def _ignored_in_groups(key: str) -> bool:
+    return key == "seed" or not is_semantic(key)
+
 # Params already spelled out by a run's name (e.g. `tape-l2-large-no_reg_loss`), left out of labels.
 NAMED_PARAMS = ("loop.name", "reg.name", "model.name", "loop.include_reg_loss")
 STATS = {  # table column -> (JSON key, decimals)
@@ -48,7 +50,7 @@ def group_runs(runs: Sequence[RunData]) -> List[Group]:
     """Runs whose params are equal except for the seed, in order of first appearance, with readable labels."""
     groups: Dict[Tuple, Group] = {}
     for run in runs:
-        key = tuple(sorted((k, v) for k, v in run.params.items() if k.split(".")[0] not in GROUP_IGNORED))
+        key = tuple(sorted((k, v) for k, v in run.params.items() if not _ignored_in_groups(k)))
         groups.setdefault(key, Group(run.name)).runs.append(run)
     result = list(groups.values())
     # Groups whose run names collide (e.g. two learning rates) are told apart by the params that differ.
@@ -61,7 +63,7 @@ def group_runs(runs: Sequence[RunData]) -> List[Group]:
         params = [g.runs[0].params for g in same]
         keys = sorted({k for p in params for k in p} - set(NAMED_PARAMS))
         differing = [
-            k for k in keys if k.split(".")[0] not in GROUP_IGNORED and len({p.get(k) for p in params}) > 1
+            k for k in keys if not _ignored_in_groups(k) and len({p.get(k) for p in params}) > 1
         ]
         for group, p in zip(same, params):
             group.label += " " + " ".join(f"{k}={p.get(k)}" for k in differing)

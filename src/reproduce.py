@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from src.config import NON_SEMANTIC_KEYS, compose_config
+from src.config import compose_config, is_semantic
 from src.interrupts import handle_interrupts
 from src.liveness import dead_reason
 from src.errors import UserError
@@ -104,7 +104,7 @@ def rebuild_config(logged: DictConfig) -> Tuple[DictConfig, Dict[str, Any], Dict
             OmegaConf.update(cfg, key, value, merge=False)  # the schema checks the type, as at compose time
 
     def computes(key: str) -> bool:  # tracking settings and the like change no number: not worth a warning
-        return key.split(".")[0] not in NON_SEMANTIC_KEYS
+        return is_semantic(key)
 
     return cfg, {k: v for k, v in filled.items() if computes(k)}, {k: v for k, v in dropped.items() if computes(k)}
 

@@ -239,3 +239,26 @@ def finished_run_with_digest(tracking_uri: str, experiment_name: str, digest: st
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
+
+
+def resumable_run(tracking_uri: str, experiment_name: str, digest: str, checkpoint_dir: str):
+    """The newest run with this config digest that stopped early (KILLED, FAILED, or RUNNING with its process
+    gone: marked FAILED now) and has a checkpoint in its artifacts; None if there is none."""
+    from src.liveness import reap_dead_runs
+
+    mlflow_client = client(tracking_uri)
+    experiment = mlflow_client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    reap_dead_runs(mlflow_client, experiment.experiment_id)
+    runs = mlflow_client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.{DIGEST_TAG} = '{digest}' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    for run in runs:
+        if run.info.status not in ("KILLED", "FAILED"):  # a RUNNING one is alive; the store takes no IN here
+            continue
+        if mlflow_client.list_artifacts(run.info.run_id, checkpoint_dir):
+            return run
+    return None

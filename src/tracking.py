@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from src import compat
-from src.config import NON_SEMANTIC_KEYS, PROJECT_ROOT, to_plain
+from src.config import PROJECT_ROOT, semantic_part, to_plain
 from src.errors import NonFiniteLossError, RunInterrupted, TrackingError, UserError
 from src.interrupts import signals_blocked
 from src.liveness import Heartbeat, process_tags, reap_dead_runs
@@ -32,6 +32,9 @@ from src.writer import MetricWriter, StoreWriteError, store_error_line
 
 log = logging.getLogger(__name__)
 
+RESUME_CLAIM_TAG = "resume_claim"
+CLAIM_SETTLE_SECONDS = 0.5
+
 FINISHED, FAILED, KILLED, SKIPPED = "FINISHED", "FAILED", "KILLED", "SKIPPED"
 
 
@@ -40,7 +43,7 @@ FINISHED, FAILED, KILLED, SKIPPED = "FINISHED", "FAILED", "KILLED", "SKIPPED"
 
 def config_digest(cfg: DictConfig) -> str:
     """A digest of everything that changes what a run computes (for resume and reproduce)."""
-    semantic = {key: value for key, value in to_plain(cfg).items() if key not in NON_SEMANTIC_KEYS}
+    semantic = semantic_part(to_plain(cfg))
     return hashlib.sha256(json.dumps(semantic, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -105,6 +108,7 @@ class RunResult:
     error: Optional[str] = None  # one line, when FAILED
     history: Dict[str, List[float]] = field(default_factory=dict)
     write_seconds: List[float] = field(default_factory=list)  # time each epoch's log call took
+    checkpoint_seconds: List[float] = field(default_factory=list)  # time each epoch's checkpoint call took
 
 
 @dataclass
@@ -118,6 +122,7 @@ class TrackedRun:
     writer: MetricWriter
     result: RunResult = None
     client: Any = None
+    already_logged: set = field(default_factory=set)  # epochs a resumed run had logged before it stopped
 
     def __post_init__(self) -> None:
         self.client = self.client or client(self.tracking_uri)
@@ -128,8 +133,23 @@ class TrackedRun:
         started = time.perf_counter()
         for key, value in metrics.items():
             self.result.history.setdefault(key, []).append(float(value))
-        self.writer.submit(epoch, metrics)
+        if epoch not in self.already_logged:
+            self.writer.submit(epoch, metrics)
         self.result.write_seconds.append(time.perf_counter() - started)
+
+    def continue_history(self, history: Dict[str, List[float]]) -> None:
+        """A resumed run: take its history up to the checkpoint, log what the store lacks of it, and skip
+        epochs the store already has (a run killed after its checkpoint logged a few more)."""
+        from src.store import metric_histories
+
+        logged = metric_histories(self.client, self.client.get_run(self.run_id))
+        self.already_logged = {step for steps in logged.values() for step in steps}
+        for epoch in range(len(next(iter(history.values()), []))):
+            metrics = {key: values[epoch] for key, values in history.items()}
+            for key, value in metrics.items():
+                self.result.history.setdefault(key, []).append(float(value))
+            if epoch not in self.already_logged:
+                self.writer.submit(epoch, metrics)
 
     def log_model(self, model, name: str, *, step: int, example, tags: Optional[Dict[str, str]] = None) -> str:
         """A Keras model in MLflow's Keras flavor (with a signature and `example` rows as its input example), linked
@@ -176,8 +196,14 @@ def tracked_run(
     datasets: Dict[str, Any],
     output_dir: Path,
     extra_tags: Optional[Dict[str, str]] = None,
+    resume_run_id: Optional[str] = None,
+    resumed_history: Optional[Dict[str, List[float]]] = None,
 ) -> Iterator[TrackedRun]:
     """One MLflow run around a job; it ends FINISHED, FAILED or KILLED wherever the store can still be written.
+
+    `resume_run_id`: continue that stopped run instead of creating one (claimed first, so no other
+    process resumes it too); `resumed_history` is its metric history up to its checkpoint: epochs
+    missing from the store are logged, and epochs already there are not logged again.
 
     An error inside the block is recorded on the run and in `run.result` (status FAILED and
     its one-line error) instead of being raised; Ctrl-C or SIGTERM raises RunInterrupted.
@@ -209,14 +235,20 @@ def tracked_run(
     status = RunStatus.FAILED
     try:
         try:
-            run_id = mlflow_client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+            if resume_run_id is None:
+                run_id = mlflow_client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+            else:
+                run_id = _claim(mlflow_client, resume_run_id, tags)
         except MlflowException as exc:
             raise TrackingError(f"mlflow.tracking_uri={redact(uri)}: cannot start a run ({store_error_line(exc)})") from None
         writer = MetricWriter(mlflow_client, run_id, uri, cfg.mlflow.retry_seconds, output_dir)
         tracked = TrackedRun(uri, run_id, exp_id, run_name, writer, client=mlflow_client)
         heartbeat = Heartbeat(mlflow_client, run_id)
         try:
-            _log_inputs(mlflow_client, run_id, cfg, overrides, datasets)
+            if resume_run_id is None:
+                _log_inputs(mlflow_client, run_id, cfg, overrides, datasets)
+            else:
+                tracked.continue_history(resumed_history or {})
         except Exception as exc:
             raise TrackingError(f"run {run_id}: cannot log its config, params and datasets to "
                                 f"{redact(uri)} ({store_error_line(exc)})") from None
@@ -252,6 +284,31 @@ def tracked_run(
             broken = writer is not None and bool(writer.broken)
             if run_id is not None:
                 _quietly(mlflow_client.set_terminated, run_id, RunStatus.to_string(status), quiet=broken)
+
+
+def _claim(mlflow_client, run_id: str, tags: Dict[str, str]) -> str:
+    """Take over a stopped run to resume it: RUNNING again, with this process's identity; a lease no other
+    process can also hold (the last claim written wins; a process that reads another's claim backs off)."""
+    import uuid
+
+    run = mlflow_client.get_run(run_id)
+    if run.info.status == "RUNNING":
+        raise TrackingError(f"run {run_id} is RUNNING in process {run.data.tags.get('pid', '?')} on "
+                            f"{run.data.tags.get('host', '?')}: another process is training or resuming it")
+    claim = f"{tags.get('host')}:{tags.get('pid')}:{uuid.uuid4().hex}"
+    mlflow_client.set_tag(run_id, RESUME_CLAIM_TAG, claim)
+    time.sleep(CLAIM_SETTLE_SECONDS)  # a process that claimed at the same time has written its claim by now
+    if mlflow_client.get_run(run_id).data.tags.get(RESUME_CLAIM_TAG) != claim:
+        raise TrackingError(f"run {run_id} is being resumed by another process")
+    from mlflow.entities import RunTag
+
+    mlflow_client.update_run(run_id, status="RUNNING")
+    resumed = {**{k: v for k, v in tags.items() if k in (*process_tags(), "mlflow.source.git.commit")},
+               "resumed": str(int(run.data.tags.get("resumed", "0")) + 1)}
+    mlflow_client.log_batch(run_id, tags=[RunTag(k, v) for k, v in resumed.items()])
+    if "error" in run.data.tags:  # it said why it stopped; it goes on now
+        mlflow_client.delete_tag(run_id, "error")
+    return run_id
 
 
 def _log_inputs(mlflow_client, run_id: str, cfg: DictConfig, overrides, datasets: Dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -14,10 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from src import compat
 from src.config import run_name, validate
 from src.data import load_higgs
-from src.errors import ConfigError, JobFailed, RunInterrupted, UserError, composition_error_line
-from src.interrupts import handle_interrupts, raise_if_interrupted
+from src.errors import ConfigError, JobFailed, RunInterrupted, TrackingError, UserError, composition_error_line
+from src import checkpoints
+from src.interrupts import handle_interrupts, raise_if_interrupted, signals_blocked
 from src.redaction import RedactedStream, redact, redact_files, redact_log_handlers
-from src.store import DATA_DIGEST_TAG, ensure_store, finished_run_with_digest
+from src.store import DATA_DIGEST_TAG, ensure_store, finished_run_with_digest, resumable_run
 from src.sweep import JobResult, read_parent_run_id
 from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, RunResult, config_digest
 
@@ -50,11 +52,25 @@ def train(
                           "rows: an epoch would have no full step")
     ensure_store(cfg.mlflow.tracking_uri)
     name = run_name(cfg)
+    stopped_run = None
     if cfg.resume:
-        done = finished_run_with_digest(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, config_digest(cfg))
+        digest = config_digest(cfg)
+        done = finished_run_with_digest(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, digest)
         if done:
             log.info("resume: %s already FINISHED as run %s; skipped", name, done)
             return RunResult(name, SKIPPED, done)
+        stopped_run = resumable_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, digest,
+                                    checkpoints.ARTIFACT_DIR)
+    # checkpoints are staged in the job's folder (a copy stays there), else in a temporary one
+    staging = output_dir or Path(tempfile.mkdtemp(prefix="overfit-lab-checkpoint-"))
+    output_dir = output_dir or Path.cwd()
+    snapshot = _checkpoint_of(stopped_run, cfg.mlflow.tracking_uri, staging) if stopped_run else None
+    first_epoch = 0
+    if snapshot is not None:
+        # a run that stopped early (early stopping) and was killed before it ended trains no further
+        first_epoch = cfg.train.epochs if snapshot.monitor["stopped_epoch"] is not None else snapshot.epoch + 1
+        log.info("resume: %s continues run %s from its checkpoint after epoch %d", name,
+                 stopped_run.info.run_id, snapshot.epoch)
 
     # TensorFlow is imported only now: bad config, data or store is reported before its ~9 s import.
     import mlflow.data
@@ -67,7 +83,8 @@ def train(
     from src.tracking import dataset_source, tracked_run
 
     strategy, devices = runtime.prepare(cfg)
-    train_ds, val_ds = make_datasets(splits, cfg.train.batch_size, cfg.seed)
+    steps_per_epoch = len(splits.x_train) // cfg.train.batch_size
+    train_ds, val_ds = make_datasets(splits, cfg.train.batch_size, cfg.seed, start_step=first_epoch * steps_per_epoch)
     with strategy.scope():
         model = build_model(cfg.model, cfg.reg, cfg.data.n_features)
     source = dataset_source(splits.source)
@@ -80,18 +97,31 @@ def train(
     tags = {DATA_DIGEST_TAG: splits.digest(), **runtime.device_tags(strategy, devices), **(extra_tags or {})}
     with tracked_run(
         cfg, run_name=name, parent_run_id=parent_run_id, overrides=overrides, datasets=datasets,
-        output_dir=output_dir or Path.cwd(), extra_tags=tags,
+        output_dir=output_dir, extra_tags=tags,
+        resume_run_id=stopped_run.info.run_id if stopped_run else None,
+        resumed_history=snapshot.history if snapshot else None,
     ) as run:
         log.info("run %s: %s", run.run_id, name)
-        settings = loops.LoopSettings.from_config(
-            cfg, strategy=strategy, steps_per_epoch=len(splits.x_train) // cfg.train.batch_size,
-            on_epoch_end=(run.log_epoch, raise_if_interrupted, *on_epoch_end),
+        checkpointer = checkpoints.Checkpointer(
+            cfg.train.checkpoint_every, staging / checkpoints.ARTIFACT_DIR, history=run.result.history,
+            upload=lambda folder: run.client.log_artifacts(run.run_id, str(folder), checkpoints.ARTIFACT_DIR),
         )
+        settings = loops.LoopSettings.from_config(
+            cfg, strategy=strategy, steps_per_epoch=steps_per_epoch, initial_epoch=first_epoch,
+            on_epoch_end=(run.log_epoch, checkpointer, raise_if_interrupted, *on_epoch_end),
+            restore=None if snapshot is None else lambda m, o: checkpoints.restore(snapshot, m, o, settings.monitor),
+        )
+        checkpointer.model, checkpointer.monitor = model, settings.monitor
         try:
             loops.LOOPS[cfg.loop.name](model, train_ds, val_ds, cfg.loop, settings)
+        except KeyboardInterrupt:
+            with signals_blocked():  # the last finished epoch's state, saved before the run ends KILLED
+                checkpointer.save()
+            raise
         except (tf.errors.ResourceExhaustedError, MemoryError):
             raise ConfigError(f"out of memory while training {name}: lower train.batch_size={cfg.train.batch_size} "
                               f"or model.hidden_units={list(cfg.model.hidden_units)}") from None
+        run.result.checkpoint_seconds = checkpointer.seconds
         monitor = settings.monitor
         run.set_tags(_monitor_tags(monitor, epochs_run=len(run.result.history.get("loss", []))))
         if cfg.mlflow.log_models:
@@ -109,6 +139,20 @@ def train(
     if run.result.status == FINISHED:
         log.info("%s FINISHED. %s", name, run.ui_hint())
     return run.result
+
+
+def _checkpoint_of(run, tracking_uri: str, output_dir: Path) -> "checkpoints.Snapshot":
+    """The stopped run's checkpoint, downloaded from its artifacts into the job's output folder."""
+    from src.store import client
+
+    folder = output_dir / "resumed-from"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        local = client(tracking_uri).download_artifacts(run.info.run_id, checkpoints.ARTIFACT_DIR, str(folder))
+        return checkpoints.Snapshot.load(Path(local))
+    except Exception as exc:  # MLflow's, OSError, a damaged file
+        raise TrackingError(f"resume: run {run.info.run_id}'s checkpoint cannot be read "
+                            f"({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
 
 
 def _monitor_tags(monitor, *, epochs_run: int) -> Dict[str, str]:

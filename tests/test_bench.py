@@ -26,6 +26,7 @@ def test_help_documents_every_option_with_its_default():
     assert "(default: 10)" in text and "(default: large)" in text
 
 
+@pytest.mark.slow  # ~20 s: a whole (short) bench
 def test_bench_runs_and_writes_the_table_as_json(higgs_file, tmp_path, capsys):
     out = tmp_path / "bench.json"
     results = bench.main([

@@ -439,3 +439,15 @@ def test_batches_cut_the_endless_concatenation_of_epoch_permutations(sample_rows
         for epoch in range(4)
     ]
     np.testing.assert_array_equal(got, splits.x_train[np.concatenate(orders)[:325]])
+
+
+def test_a_stream_started_at_a_step_is_the_rest_of_the_whole_stream(sample_rows):
+    """What a resumed run trains on: from batch k on, the uninterrupted stream's batches, epoch boundaries and all."""
+    from src.data import HiggsSplits, make_datasets
+
+    rows = sample_rows[:153]  # 103 training rows, batches of 25: epochs end inside batches
+    splits = HiggsSplits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s")
+    whole = [x.numpy() for x, _ in make_datasets(splits, batch_size=25, seed=3)[0].take(20)]
+    for start in (1, 4, 5, 12):  # inside the first epoch, at its end, past a boundary, in the third permutation
+        rest = [x.numpy() for x, _ in make_datasets(splits, batch_size=25, seed=3, start_step=start)[0].take(20 - start)]
+        assert all(np.array_equal(a, b) for a, b in zip(rest, whole[start:])), start

@@ -15,10 +15,11 @@ from tests.helpers import all_runs, cli, run_cli, split_runs
 def small_slice(higgs_file, store_overrides, tmp_path):
     return [
         f"data.path={higgs_file}", "data.n_validation=500", "data.n_train=1000",
-        "quiet=true", f"hydra.sweep.dir={tmp_path}/sweep", *store_overrides,
+        "quiet=true", "mlflow.log_models=false", f"hydra.sweep.dir={tmp_path}/sweep", *store_overrides,
     ]
 
 
+@pytest.mark.slow  # ~17 s: a two-job sweep in subprocesses
 def test_diverging_job_fails_with_nan_tag_and_the_sweep_carries_on(small_slice, tracking_uri, tmp_path):
     proc = run_cli(["-m", "train.learning_rate=1e6,0.001", "model=large", "train.epochs=2", *small_slice], tmp_path)
     assert proc.returncode != 0

@@ -48,7 +48,7 @@ def _start_training(tmp_path, higgs_file, *extra):
     """A long tiny-model run in its own process, its store, artifacts and output folder under tmp_path."""
     args = [
         "model=tiny", "train.epochs=100000", f"data.path={higgs_file}", "data.n_validation=500",
-        "data.n_train=1000", "quiet=true", f"mlflow.tracking_uri=sqlite:///{tmp_path}/store/mlflow.db",
+        "data.n_train=1000", "quiet=true", "mlflow.log_models=false", f"mlflow.tracking_uri=sqlite:///{tmp_path}/store/mlflow.db",
         f"mlflow.artifact_location={tmp_path}/store/artifacts", f"hydra.run.dir={tmp_path}/out", *extra,
     ]
     return subprocess.Popen(cli(*args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

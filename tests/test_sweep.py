@@ -18,7 +18,7 @@ def sweep(tmp_path_factory, higgs_file):
     uri = f"sqlite:///{folder}/mlruns/mlflow.db"
     proc = run_module("src.train", [
         "-m", "reg=none,l2", "loop=fit,tape", "model=tiny", "train.epochs=2", f"data.path={higgs_file}",
-        "data.n_validation=500", "data.n_train=1000", "quiet=true", f"hydra.sweep.dir={folder}/sweep",
+        "data.n_validation=500", "data.n_train=1000", "quiet=true", "mlflow.log_models=false", f"hydra.sweep.dir={folder}/sweep",
         f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={folder}/mlruns/artifacts",
     ], cwd=folder)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,0 +1,107 @@
+"""A run's training state after an epoch: kept in memory every epoch, saved to the run's artifacts every
+`train.checkpoint_every` epochs and when the run is interrupted; what `resume=true` continues from.
+
+The state is everything the next epoch depends on: every model variable (the dropout seed generators'
+state included), every optimizer variable (its step count drives the schedule), the early-stopping
+monitor, and the metric history so far. The data stream needs nothing: it is a function of (seed, step).
+"""
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_DIR = "checkpoint"  # in the run's artifacts, where a job on any machine finds it
+STATE_FILE = "state.npz"
+META_FILE = "state.json"
+
+
+@dataclass
+class Snapshot:
+    """The training state after `epoch` (the last completed one)."""
+
+    epoch: int
+    model_variables: List[np.ndarray]
+    optimizer_variables: List[np.ndarray]
+    monitor: Dict  # EpochMonitor's fields but its weights
+    best_weights: Optional[List[np.ndarray]]
+    history: Dict[str, List[float]] = field(default_factory=dict)
+
+    def save(self, folder: Path) -> None:
+        """Write into `folder` (replaced whole: a reader never sees half of one)."""
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+        arrays = {f"model_{i}": a for i, a in enumerate(self.model_variables)}
+        arrays.update({f"optimizer_{i}": a for i, a in enumerate(self.optimizer_variables)})
+        arrays.update({f"best_{i}": a for i, a in enumerate(self.best_weights or [])})
+        np.savez(tmp / STATE_FILE, **arrays)
+        meta = {"epoch": self.epoch, "monitor": self.monitor, "history": self.history,
+                "counts": [len(self.model_variables), len(self.optimizer_variables), len(self.best_weights or [])]}
+        (tmp / META_FILE).write_text(json.dumps(meta))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+
+    @classmethod
+    def load(cls, folder: Path) -> "Snapshot":
+        meta = json.loads((folder / META_FILE).read_text())
+        n_model, n_optimizer, n_best = meta["counts"]
+        with np.load(folder / STATE_FILE) as arrays:
+            model = [arrays[f"model_{i}"] for i in range(n_model)]
+            optimizer = [arrays[f"optimizer_{i}"] for i in range(n_optimizer)]
+            best = [arrays[f"best_{i}"] for i in range(n_best)] or None
+        return cls(meta["epoch"], model, optimizer, meta["monitor"], best, meta["history"])
+
+
+def take(epoch: int, model, monitor, history: Dict[str, List[float]]) -> Snapshot:
+    """The state now, after `epoch`: copies, so training on does not change it."""
+    fields = {k: getattr(monitor, k) for k in ("best", "best_epoch", "wait", "stopped_epoch")}
+    return Snapshot(epoch, [v.numpy() for v in model.variables], [v.numpy() for v in model.optimizer.variables],
+                    fields, monitor.best_weights, {k: list(v) for k, v in history.items()})
+
+
+def restore(snapshot: Snapshot, model, optimizer, monitor) -> None:
+    """Put a snapshot's state back into a freshly built model, its built optimizer and the monitor."""
+    for variable, value in zip(model.variables, snapshot.model_variables, strict=True):
+        variable.assign(value)
+    for variable, value in zip(optimizer.variables, snapshot.optimizer_variables, strict=True):
+        variable.assign(value)
+    for key, value in snapshot.monitor.items():
+        setattr(monitor, key, value)
+    monitor.best_weights = snapshot.best_weights
+
+
+class Checkpointer:
+    """An epoch callback: the state after every epoch in memory; saved (and uploaded) every `every` epochs."""
+
+    def __init__(self, every: int, folder: Path, upload: Callable[[Path], None], history: Dict[str, List[float]]):
+        self.every, self.folder, self.upload, self.history = every, folder, upload, history
+        self.model = self.monitor = None  # set once built
+        self.last: Optional[Snapshot] = None
+        self.saved_epoch: Optional[int] = None
+        self.seconds: List[float] = []  # what each epoch's call cost (the bench reports it)
+
+    def __call__(self, epoch: int, metrics: Dict[str, float]) -> None:
+        started = time.perf_counter()
+        self.last = take(epoch, self.model, self.monitor, self.history)
+        if self.every and (epoch + 1) % self.every == 0:
+            self.save()
+        self.seconds.append(time.perf_counter() - started)
+
+    def save(self) -> None:
+        """Write the latest state and upload it to the run's artifacts (nothing to do if it is saved already)."""
+        if self.last is None or self.saved_epoch == self.last.epoch:
+            return
+        self.last.save(self.folder)
+        self.upload(self.folder)
+        self.saved_epoch = self.last.epoch
+        log.info("checkpoint after epoch %d saved", self.last.epoch)

@@ -1,0 +1,93 @@
+"""Checkpoints and resume: an interrupted or killed run continues into the same MLflow run, bit-identical."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from src.config import PROJECT_ROOT
+from src.errors import RunInterrupted, TrackingError
+from src.store import client as store_client
+from src.tracking import _claim
+from src.train import train
+
+CUT = ["reg=dropout", "train.epochs=5", "train.checkpoint_every=2", "data.n_train=1100"]  # epochs end mid-batch
+
+
+def _history(client, run_id):
+    keys = [k for k in client.get_run(run_id).data.metrics if k != "epoch_seconds"]
+    return {k: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)]
+            for k in keys}
+
+
+@pytest.mark.parametrize("loop", ["fit", "tape"])
+def test_an_interrupted_run_resumes_into_the_same_run_bit_identically(make_cfg, tracking_uri, loop):
+    whole = train(make_cfg(f"loop={loop}", *CUT, "mlflow.experiment_name=whole"))
+    stop_at = random.Random(loop).randint(1, 3)
+
+    def interrupt(epoch, metrics):  # as a Ctrl-C during the next epoch would, after this one's checkpoint
+        if epoch == stop_at:
+            raise KeyboardInterrupt("test")
+
+    with pytest.raises(RunInterrupted) as stopped:
+        train(make_cfg(f"loop={loop}", *CUT, "mlflow.experiment_name=cut"), on_epoch_end=[interrupt])
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(stopped.value.run_id).info.status == "KILLED"
+    assert [a.path for a in client.list_artifacts(stopped.value.run_id, "checkpoint")] == [
+        "checkpoint/state.json", "checkpoint/state.npz"]
+
+    resumed = train(make_cfg(f"loop={loop}", *CUT, "mlflow.experiment_name=cut", "resume=true"))
+    assert resumed.run_id == stopped.value.run_id
+    run = client.get_run(resumed.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "1" and "error" not in run.data.tags
+    assert _history(client, resumed.run_id) == _history(client, whole.run_id)
+
+
+def test_a_run_another_process_holds_is_not_resumed(tracking_uri, make_cfg):
+    client = store_client(tracking_uri)
+    experiment = client.create_experiment("held")
+    run = client.create_run(experiment)  # RUNNING, as a live job's run is
+    with pytest.raises(TrackingError, match=r"is RUNNING in process .*: another process is training or resuming it"):
+        _claim(client, run.info.run_id, {})
+
+
+def _job(tmp_path, name, *overrides):
+    log = open(tmp_path / f"{name}.log", "w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "src.train", *overrides, f"hydra.run.dir={tmp_path}/{name}"],
+        cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loop", ["fit", "tape"])
+def test_a_run_killed_with_sigkill_at_a_random_epoch_resumes_bit_identically(tmp_path, higgs_file, loop):
+    store = [f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"mlflow.artifact_location={tmp_path}/art",
+             f"data.cache_dir={tmp_path}/cache"]
+    common = [f"loop={loop}", "model=large", "reg=l2_dropout", "train.epochs=8", "train.checkpoint_every=1",
+              f"data.path={higgs_file}", "data.n_train=9984", "quiet=true", "mlflow.log_models=false", *store]
+    whole = _job(tmp_path, "whole", *common, "mlflow.experiment_name=whole")
+    assert whole.wait(600) == 0, (tmp_path / "whole.log").read_text()[-2000:]
+
+    kill_after = random.Random(loop).randint(2, 5)
+    job = _job(tmp_path, "cut", *common, "mlflow.experiment_name=cut")
+    epoch_log = tmp_path / "cut" / "train.log"
+    deadline = time.monotonic() + 600
+    while not (epoch_log.exists() and f"epoch {kill_after}:" in epoch_log.read_text()):
+        assert job.poll() is None and time.monotonic() < deadline, (tmp_path / "cut.log").read_text()[-2000:]
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)  # no handler runs: only the checkpoints already saved survive
+    job.wait(30)
+
+    again = _job(tmp_path, "again", *common, "mlflow.experiment_name=cut", "resume=true")
+    assert again.wait(600) == 0, (tmp_path / "again.log").read_text()[-2000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (cut,) = client.search_runs([client.get_experiment_by_name("cut").experiment_id])
+    (reference,) = client.search_runs([client.get_experiment_by_name("whole").experiment_id])
+    assert cut.info.status == "FINISHED" and cut.data.tags["resumed"] == "1"
+    assert _history(client, cut.info.run_id) == _history(client, reference.info.run_id)
