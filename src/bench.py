@@ -155,7 +155,8 @@ def build_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
             add(f"{label}_logging_share", f"{label}: MLflow log_epoch / epoch", loop["logging_share"],
                 f"{100 * loop['logging_share']:.2f} % ({1000 * loop['median_log_epoch_seconds']:.1f} ms)")
             add(f"{label}_checkpoint_share", f"{label}: checkpoint every epoch / epoch", loop["checkpoint_share"],
-                f"{100 * loop['checkpoint_share']:.2f} % ({1000 * loop['median_checkpoint_seconds']:.1f} ms)")
+                f"{100 * loop['checkpoint_share']:.2f} % ({1000 * loop['median_checkpoint_seconds']:.1f} ms copy + "
+                f"{1000 * loop['median_checkpoint_write_seconds']:.1f} ms write)")
     if results.get("startup"):
         s = results["startup"]
         add("start_to_first_step_seconds", "process start -> first training step", s["start_to_first_step_seconds"],

@@ -109,6 +109,7 @@ class RunResult:
     history: Dict[str, List[float]] = field(default_factory=dict)
     write_seconds: List[float] = field(default_factory=list)  # time each epoch's log call took
     checkpoint_seconds: List[float] = field(default_factory=list)  # time each epoch's checkpoint call took
+    checkpoint_write_seconds: List[float] = field(default_factory=list)  # time each checkpoint's write took
 
 
 @dataclass

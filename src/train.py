@@ -116,12 +116,16 @@ def train(
             loops.LOOPS[cfg.loop.name](model, train_ds, val_ds, cfg.loop, settings)
         except KeyboardInterrupt:
             with signals_blocked():  # the last finished epoch's state, saved before the run ends KILLED
-                checkpointer.save()
+                checkpointer.save(wait=True)
             raise
         except (tf.errors.ResourceExhaustedError, MemoryError):
             raise ConfigError(f"out of memory while training {name}: lower train.batch_size={cfg.train.batch_size} "
                               f"or model.hidden_units={list(cfg.model.hidden_units)}") from None
+        finally:
+            with signals_blocked():  # no write of the run's artifacts after it has ended
+                checkpointer.close()
         run.result.checkpoint_seconds = checkpointer.seconds
+        run.result.checkpoint_write_seconds = checkpointer.write_seconds
         monitor = settings.monitor
         run.set_tags(_monitor_tags(monitor, epochs_run=len(run.result.history.get("loss", []))))
         if cfg.mlflow.log_models:

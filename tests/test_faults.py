@@ -66,6 +66,7 @@ def _wait_for_epochs(proc, uri: str, epochs: int, timeout: float = 180) -> str:
         time.sleep(0.5)
 
 
+@pytest.mark.slow  # ~14 s: a CLI run whose store is deleted under it
 def test_store_deleted_mid_run_stops_within_an_epoch_and_keeps_the_metrics(tmp_path, higgs_file):
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     proc = _start_training(tmp_path, higgs_file)
