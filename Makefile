@@ -33,8 +33,8 @@ server:  ## an MLflow tracking server on 127.0.0.1:$(PORT) over the project's st
 	$(MLFLOW_ENV) $(PY) -m mlflow server --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT) \
 		--artifacts-destination $(CURDIR)/mlruns/artifacts
 
-test:  ## the default test suite: about 2 minutes on 2 cores (two pytest-xdist workers, a module per worker)
-	$(PY) -m pytest -m "not slow" -n 2 --dist loadscope
+test:  ## the default test suite: about 2 minutes on 2 cores (two pytest-xdist workers that take tests from each other when idle)
+	$(PY) -m pytest -m "not slow" -n 2 --dist worksteal
 
 test-slow:  ## the long tests: 5-epoch parity, parallel sweeps, 2 replicas, store and server faults, a real mlflow server
 	$(PY) -m pytest -m slow
