@@ -119,7 +119,8 @@ def _finish_epoch(
 ) -> bool:
     """Complete, log and hand on one epoch's metrics; whether training should stop early."""
     metrics["reg_loss"] = regularization_loss(model)
-    metrics["learning_rate"] = float(optimizer.learning_rate)  # the rate after the epoch's last step
+    # the rate after the epoch's last step (a MirroredVariable under a strategy: read as a tensor)
+    metrics["learning_rate"] = float(tf.convert_to_tensor(optimizer.learning_rate))
     epoch_log.info(
         "epoch %d: loss=%.4f val_loss=%.4f bce=%.4f val_bce=%.4f acc=%.4f val_acc=%.4f (%.2fs)",
         epoch,
