@@ -1,6 +1,7 @@
 """`python -m src.bench_pipeline`: per-step time and peak memory against the number of training rows (neither may grow per row beyond the data)."""
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -28,7 +29,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=None, help="a UCI file with enough rows (default: synthetic)")
     parser.add_argument("--loop", default="fit", help="loop option (conf/loop/)")
     parser.add_argument("--model", default="tiny", help="model option (conf/model/)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per size; the first is not measured")
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="epochs of the largest size (smaller ones run as many steps); the first is not measured")
     parser.add_argument("--batch-size", type=int, default=500, help="train.batch_size")
     parser.add_argument("--rss", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure a whole `python -m src.train`'s peak RSS at each size")
@@ -51,7 +53,9 @@ def per_step_seconds(args: argparse.Namespace, data: Path, cache: Path) -> Dict[
 
     result = {}
     for n in args.rows:
-        cfg = compose_config([f"model={args.model}", f"loop={args.loop}", f"train.epochs={args.epochs}",
+        # every size measures as many steps as the largest: a short epoch alone is noise
+        epochs = 1 + math.ceil((args.epochs - 1) * max(args.rows) / n)
+        cfg = compose_config([f"model={args.model}", f"loop={args.loop}", f"train.epochs={epochs}",
                               f"train.batch_size={args.batch_size}", *_data_overrides(data, cache, n)])
         splits = load_higgs(cfg.data)  # memory-mapped from the cache, as a run reads it
         strategy, _ = runtime.prepare(cfg)
