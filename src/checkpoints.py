@@ -62,6 +62,36 @@ class Snapshot:
         return cls(meta["epoch"], model, optimizer, meta["monitor"], best, meta["history"])
 
 
+@dataclass
+class ResumePoint:
+    """Where `resume=true` picks up: the stopped run, its checkpoint, and the first epoch left to train."""
+
+    run: object  # the MLflow run
+    snapshot: Snapshot
+    first_epoch: int
+
+
+def resume_point(tracking_uri: str, experiment_name: str, digest: str, epochs: int, staging: Path) -> Optional[ResumePoint]:
+    """The newest stopped run with this config digest that has a checkpoint, its checkpoint downloaded into
+    `staging`; None if there is none (then the run starts afresh)."""
+    from src.errors import TrackingError
+    from src.store import client, resumable_run
+
+    run = resumable_run(tracking_uri, experiment_name, digest, ARTIFACT_DIR)
+    if run is None:
+        return None
+    folder = staging / "resumed-from"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        snapshot = Snapshot.load(Path(client(tracking_uri).download_artifacts(run.info.run_id, ARTIFACT_DIR, str(folder))))
+    except Exception as exc:  # MLflow's, OSError, a damaged file
+        raise TrackingError(f"resume: run {run.info.run_id}'s checkpoint cannot be read "
+                            f"({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
+    # a run that had stopped early (early stopping) and was killed before it ended trains no further
+    first_epoch = epochs if snapshot.monitor["stopped_epoch"] is not None else snapshot.epoch + 1
+    return ResumePoint(run, snapshot, first_epoch)
+
+
 def take(epoch: int, model, monitor, history: Dict[str, List[float]]) -> Snapshot:
     """The state now, after `epoch`: copies, so training on does not change it."""
     fields = {k: getattr(monitor, k) for k in ("best", "best_epoch", "wait", "stopped_epoch")}

@@ -118,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"  {key:<20} {value:,.0f}" if key == "rows" else f"  {key:<20} {value:.6f}")
     if args.no_log:
         return 0
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     from src import plots
 

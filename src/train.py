@@ -15,11 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from src import compat
 from src.config import run_name, validate
 from src.data import load_higgs
-from src.errors import ConfigError, JobFailed, RunInterrupted, TrackingError, UserError, composition_error_line
+from src.errors import ConfigError, JobFailed, RunInterrupted, UserError, composition_error_line
 from src import checkpoints
 from src.interrupts import handle_interrupts, raise_if_interrupted, signals_blocked
 from src.redaction import RedactedStream, redact, redact_files, redact_log_handlers
-from src.store import DATA_DIGEST_TAG, ensure_store, finished_run_with_digest, resumable_run
+from src.store import DATA_DIGEST_TAG, ensure_store, finished_run_with_digest
 from src.sweep import JobResult, read_parent_run_id
 from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, RunResult, config_digest
 
@@ -52,25 +52,23 @@ def train(
                           "rows: an epoch would have no full step")
     ensure_store(cfg.mlflow.tracking_uri)
     name = run_name(cfg)
-    stopped_run = None
+    # checkpoints are staged in the job's folder (a copy stays there), else in a temporary one
+    staging = output_dir or Path(tempfile.mkdtemp(prefix="overfit-lab-checkpoint-"))
+    output_dir = output_dir or Path.cwd()
+    resume = None
     if cfg.resume:
         digest = config_digest(cfg)
         done = finished_run_with_digest(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, digest)
         if done:
             log.info("resume: %s already FINISHED as run %s; skipped", name, done)
             return RunResult(name, SKIPPED, done)
-        stopped_run = resumable_run(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, digest,
-                                    checkpoints.ARTIFACT_DIR)
-    # checkpoints are staged in the job's folder (a copy stays there), else in a temporary one
-    staging = output_dir or Path(tempfile.mkdtemp(prefix="overfit-lab-checkpoint-"))
-    output_dir = output_dir or Path.cwd()
-    snapshot = _checkpoint_of(stopped_run, cfg.mlflow.tracking_uri, staging) if stopped_run else None
-    first_epoch = 0
-    if snapshot is not None:
-        # a run that stopped early (early stopping) and was killed before it ended trains no further
-        first_epoch = cfg.train.epochs if snapshot.monitor["stopped_epoch"] is not None else snapshot.epoch + 1
-        log.info("resume: %s continues run %s from its checkpoint after epoch %d", name,
-                 stopped_run.info.run_id, snapshot.epoch)
+        resume = checkpoints.resume_point(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, digest,
+                                          cfg.train.epochs, staging)
+        if resume is not None:
+            log.info("resume: %s continues run %s from its checkpoint after epoch %d", name,
+                     resume.run.info.run_id, resume.snapshot.epoch)
+    first_epoch = resume.first_epoch if resume else 0
+    snapshot = resume.snapshot if resume else None
 
     # TensorFlow is imported only now: bad config, data or store is reported before its ~9 s import.
     import mlflow.data
@@ -98,7 +96,7 @@ def train(
     with tracked_run(
         cfg, run_name=name, parent_run_id=parent_run_id, overrides=overrides, datasets=datasets,
         output_dir=output_dir, extra_tags=tags,
-        resume_run_id=stopped_run.info.run_id if stopped_run else None,
+        resume_run_id=resume.run.info.run_id if resume else None,
         resumed_history=snapshot.history if snapshot else None,
     ) as run:
         log.info("run %s: %s", run.run_id, name)
@@ -143,20 +141,6 @@ def train(
     if run.result.status == FINISHED:
         log.info("%s FINISHED. %s", name, run.ui_hint())
     return run.result
-
-
-def _checkpoint_of(run, tracking_uri: str, output_dir: Path) -> "checkpoints.Snapshot":
-    """The stopped run's checkpoint, downloaded from its artifacts into the job's output folder."""
-    from src.store import client
-
-    folder = output_dir / "resumed-from"
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        local = client(tracking_uri).download_artifacts(run.info.run_id, checkpoints.ARTIFACT_DIR, str(folder))
-        return checkpoints.Snapshot.load(Path(local))
-    except Exception as exc:  # MLflow's, OSError, a damaged file
-        raise TrackingError(f"resume: run {run.info.run_id}'s checkpoint cannot be read "
-                            f"({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
 
 
 def _monitor_tags(monitor, *, epochs_run: int) -> Dict[str, str]:

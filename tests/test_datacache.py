@@ -2,10 +2,8 @@
 
 import gzip
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
