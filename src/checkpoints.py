@@ -4,8 +4,14 @@
 The state is everything the next epoch depends on: every model variable (the dropout seed generators'
 state included), every optimizer variable (its step count drives the schedule), the early-stopping
 monitor, and the metric history so far. The data stream needs nothing: it is a function of (seed, step).
+
+A run's artifacts hold two slots, `checkpoint/a` and `checkpoint/b`, written in turn: a job killed while
+uploading one (artifact stores copy files in place, not atomically) leaves the other whole. Each slot's
+`state.json` is uploaded after its `state.npz` and records the npz's SHA-256, so a half-written slot is
+recognised and the other one resumed from.
 """
 
+import hashlib
 import json
 import logging
 import os
@@ -21,8 +27,21 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 ARTIFACT_DIR = "checkpoint"  # in the run's artifacts, where a job on any machine finds it
+SLOTS = ("a", "b")  # written in turn; resume reads the newest whole one
 STATE_FILE = "state.npz"
-META_FILE = "state.json"
+META_FILE = "state.json"  # uploaded last: names the epoch and the SHA-256 of its STATE_FILE
+
+
+class DamagedCheckpoint(ValueError):
+    """A slot whose files are missing, half-written or do not match."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -45,7 +64,8 @@ class Snapshot:
         arrays.update({f"best_{i}": a for i, a in enumerate(self.best_weights or [])})
         np.savez(tmp / STATE_FILE, **arrays)
         meta = {"epoch": self.epoch, "monitor": self.monitor, "history": self.history,
-                "counts": [len(self.model_variables), len(self.optimizer_variables), len(self.best_weights or [])]}
+                "counts": [len(self.model_variables), len(self.optimizer_variables), len(self.best_weights or [])],
+                "sha256": _sha256(tmp / STATE_FILE)}
         (tmp / META_FILE).write_text(json.dumps(meta))
         if folder.exists():
             shutil.rmtree(folder)
@@ -53,13 +73,26 @@ class Snapshot:
 
     @classmethod
     def load(cls, folder: Path) -> "Snapshot":
-        meta = json.loads((folder / META_FILE).read_text())
+        """Read a slot written by `save`; DamagedCheckpoint if it is not whole."""
+        meta = read_meta(folder / META_FILE)
         n_model, n_optimizer, n_best = meta["counts"]
+        if not (folder / STATE_FILE).is_file() or _sha256(folder / STATE_FILE) != meta["sha256"]:
+            raise DamagedCheckpoint(f"{STATE_FILE} does not match {META_FILE} (half-written)")
         with np.load(folder / STATE_FILE) as arrays:
             model = [arrays[f"model_{i}"] for i in range(n_model)]
             optimizer = [arrays[f"optimizer_{i}"] for i in range(n_optimizer)]
             best = [arrays[f"best_{i}"] for i in range(n_best)] or None
         return cls(meta["epoch"], model, optimizer, meta["monitor"], best, meta["history"])
+
+
+def read_meta(path: Path) -> Dict:
+    """A slot's META_FILE; DamagedCheckpoint if it is missing or half-written."""
+    try:
+        meta = json.loads(path.read_text())
+        int(meta["epoch"]), meta["sha256"], meta["counts"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DamagedCheckpoint(f"{path.name} unreadable ({type(exc).__name__})") from None
+    return meta
 
 
 @dataclass
@@ -69,27 +102,55 @@ class ResumePoint:
     run: object  # the MLflow run
     snapshot: Snapshot
     first_epoch: int
+    slot: str  # the slot it came from; the next checkpoint goes to the other one
 
 
 def resume_point(tracking_uri: str, experiment_name: str, digest: str, epochs: int, staging: Path) -> Optional[ResumePoint]:
-    """The newest stopped run with this config digest that has a checkpoint, its checkpoint downloaded into
-    `staging`; None if there is none (then the run starts afresh)."""
+    """The newest stopped run with this config digest that has a checkpoint, its newest whole slot downloaded
+    into `staging`; None if there is none (then the run starts afresh)."""
     from src.errors import TrackingError
     from src.store import client, resumable_run
 
     run = resumable_run(tracking_uri, experiment_name, digest, ARTIFACT_DIR)
     if run is None:
         return None
-    folder = staging / "resumed-from"
-    folder.mkdir(parents=True, exist_ok=True)
+    run_id, mlflow_client = run.info.run_id, client(tracking_uri)
     try:
-        snapshot = Snapshot.load(Path(client(tracking_uri).download_artifacts(run.info.run_id, ARTIFACT_DIR, str(folder))))
-    except Exception as exc:  # MLflow's, OSError, a damaged file
-        raise TrackingError(f"resume: run {run.info.run_id}'s checkpoint cannot be read "
-                            f"({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
-    # a run that had stopped early (early stopping) and was killed before it ended trains no further
-    first_epoch = epochs if snapshot.monitor["stopped_epoch"] is not None else snapshot.epoch + 1
-    return ResumePoint(run, snapshot, first_epoch)
+        present = {Path(a.path).name for a in mlflow_client.list_artifacts(run_id, ARTIFACT_DIR)}
+        candidates, problems = [], []
+        for slot in SLOTS:
+            if slot not in present:
+                continue
+            folder = staging / "resumed-from" / slot
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                path = mlflow_client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{slot}/{META_FILE}", str(folder))
+                candidates.append((read_meta(Path(path))["epoch"], slot, folder))
+            except Exception as exc:  # a missing or half-written state.json: that slot is out
+                problems.append(f"{slot}: {_first_line(exc)}")
+        for epoch, slot, folder in sorted(candidates, reverse=True):  # the newest whole slot wins
+            try:
+                mlflow_client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{slot}/{STATE_FILE}", str(folder))
+                snapshot = Snapshot.load(folder)
+            except Exception as exc:  # MLflow's, OSError, DamagedCheckpoint
+                problems.append(f"{slot}: {_first_line(exc)}")
+                continue
+            if problems:
+                log.warning("resume: run %s's checkpoint slot %s is damaged; resuming from slot %s (after epoch %d)",
+                            run_id, "; ".join(problems), slot, epoch)
+            # a run that had stopped early (early stopping) and was killed before it ended trains no further
+            first_epoch = epochs if snapshot.monitor["stopped_epoch"] is not None else snapshot.epoch + 1
+            return ResumePoint(run, snapshot, first_epoch, slot)
+    except Exception as exc:  # the store itself failing
+        raise TrackingError(f"resume: run {run_id}'s checkpoint cannot be read ({_first_line(exc)})") from None
+    # killed during its first upload: nothing to continue from, so a new run starts (this one stays FAILED)
+    log.warning("resume: run %s has no whole checkpoint (%s); starting a new run", run_id,
+                "; ".join(problems) or "no slot")
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def take(epoch: int, model, monitor, history: Dict[str, List[float]]) -> Snapshot:
@@ -112,12 +173,16 @@ def restore(snapshot: Snapshot, model, optimizer, monitor) -> None:
 
 class Checkpointer:
     """An epoch callback: the state after every epoch copied in memory (~3 ms for the large model); every
-    `every` epochs written and uploaded by a thread of its own (~45 ms), so training does not wait for it."""
+    `every` epochs written and uploaded by a thread of its own (~45 ms), so training does not wait for it.
+    `upload(file, artifact_path)` puts one file into the run's artifacts."""
 
-    def __init__(self, every: int, folder: Path, upload: Callable[[Path], None], history: Dict[str, List[float]]):
+    def __init__(self, every: int, folder: Path, upload: Callable[[Path, str], None], history: Dict[str, List[float]],
+                 resumed_slot: Optional[str] = None):
         from concurrent.futures import ThreadPoolExecutor
 
         self.every, self.folder, self.upload, self.history = every, folder, upload, history
+        # never overwrite the slot resumed from until a newer one is whole
+        self.slots = list(SLOTS) if resumed_slot != SLOTS[0] else list(reversed(SLOTS))
         self.model = self.monitor = None  # set once built
         self.last: Optional[Snapshot] = None
         self.queued_epoch: Optional[int] = None
@@ -149,12 +214,14 @@ class Checkpointer:
 
     def _write(self, snapshot: Snapshot) -> None:
         started = time.perf_counter()
+        slot = self.slots[0]
         try:
-            snapshot.save(self.folder)
-            self.upload(self.folder)
+            snapshot.save(self.folder / slot)
+            self.upload(self.folder / slot / STATE_FILE, f"{ARTIFACT_DIR}/{slot}")
+            self.upload(self.folder / slot / META_FILE, f"{ARTIFACT_DIR}/{slot}")  # last: the slot is whole now
+            self.slots.reverse()
             self.write_seconds.append(time.perf_counter() - started)
         except Exception as exc:  # a full disk, the store gone: training goes on, resume has an older one
-            log.warning("the checkpoint after epoch %d was not saved: %s", snapshot.epoch,
-                        (str(exc).splitlines() or [type(exc).__name__])[0])
+            log.warning("the checkpoint after epoch %d was not saved: %s", snapshot.epoch, _first_line(exc))
             return
         log.info("checkpoint after epoch %d saved", snapshot.epoch)

@@ -102,7 +102,8 @@ def train(
         log.info("run %s: %s", run.run_id, name)
         checkpointer = checkpoints.Checkpointer(
             cfg.train.checkpoint_every, staging / checkpoints.ARTIFACT_DIR, history=run.result.history,
-            upload=lambda folder: run.client.log_artifacts(run.run_id, str(folder), checkpoints.ARTIFACT_DIR),
+            upload=lambda path, artifact_path: run.client.log_artifact(run.run_id, str(path), artifact_path),
+            resumed_slot=resume.slot if resume else None,
         )
         settings = loops.LoopSettings.from_config(
             cfg, strategy=strategy, steps_per_epoch=steps_per_epoch, initial_epoch=first_epoch,

@@ -1,11 +1,14 @@
 """Checkpoints and resume: an interrupted or killed run continues into the same MLflow run, bit-identical."""
 
+import json
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from mlflow import MlflowClient
@@ -16,7 +19,7 @@ from src.store import client as store_client
 from src.tracking import _claim
 from src.train import train
 
-CUT = ["reg=dropout", "train.epochs=5", "train.checkpoint_every=2", "data.n_train=1100"]  # epochs end mid-batch
+CUT = ["reg=dropout", "train.epochs=5", "train.checkpoint_every=1", "data.n_train=1100"]  # epochs end mid-batch
 
 
 def _history(client, run_id):
@@ -25,8 +28,19 @@ def _history(client, run_id):
             for k in keys}
 
 
-def test_an_interrupted_run_resumes_into_the_same_run_bit_identically(make_cfg, tracking_uri):
-    # fit and tape are bit-identical twins, so one uninterrupted run is the reference for both
+def _damage_newest_slot(run):
+    """Cut the newest slot's state.npz short, as a job killed while uploading it leaves it."""
+    folder = Path(urlparse(run.info.artifact_uri).path) / "checkpoint"
+    metas = {slot: json.loads((folder / slot / "state.json").read_text())["epoch"] for slot in ("a", "b")}
+    newest = max(metas, key=metas.get)
+    npz = folder / newest / "state.npz"
+    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    return metas[newest], metas[min(metas, key=metas.get)]
+
+
+def test_an_interrupted_run_resumes_into_the_same_run_bit_identically(make_cfg, tracking_uri, caplog):
+    # fit and tape are bit-identical twins, so one uninterrupted run is the reference for both;
+    # the tape run's newest checkpoint is damaged, so it resumes from the slot before
     whole = train(make_cfg("loop=fit", *CUT, "mlflow.experiment_name=whole"))
     client = MlflowClient(tracking_uri)
     for loop in ("fit", "tape"):
@@ -40,13 +54,17 @@ def test_an_interrupted_run_resumes_into_the_same_run_bit_identically(make_cfg, 
             train(make_cfg(f"loop={loop}", *CUT, f"mlflow.experiment_name=cut-{loop}"), on_epoch_end=[interrupt])
         assert client.get_run(stopped.value.run_id).info.status == "KILLED"
         assert [a.path for a in client.list_artifacts(stopped.value.run_id, "checkpoint")] == [
-            "checkpoint/state.json", "checkpoint/state.npz"]
+            "checkpoint/a", "checkpoint/b"]
+        if loop == "tape":
+            newest, older = _damage_newest_slot(client.get_run(stopped.value.run_id))
+            assert newest == stop_at and older == stop_at - 1
 
         resumed = train(make_cfg(f"loop={loop}", *CUT, f"mlflow.experiment_name=cut-{loop}", "resume=true"))
         assert resumed.run_id == stopped.value.run_id, loop
         run = client.get_run(resumed.run_id)
         assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "1" and "error" not in run.data.tags
         assert _history(client, resumed.run_id) == _history(client, whole.run_id), loop
+    assert "is damaged; resuming from slot" in caplog.text and f"(after epoch {stop_at - 1})" in caplog.text
 
 
 def test_a_run_another_process_holds_is_not_resumed(tracking_uri, make_cfg):
