@@ -39,32 +39,29 @@ def _damage_newest_slot(run):
 
 
 def test_an_interrupted_run_resumes_into_the_same_run_bit_identically(make_cfg, tracking_uri, caplog):
-    # fit and tape are bit-identical twins, so one uninterrupted run is the reference for both;
-    # the tape run's newest checkpoint is damaged, so it resumes from the slot before
+    # Ctrl-C in-process (SIGKILL, both loops, is the test below); the newest checkpoint is then damaged,
+    # so the run resumes from the slot before. fit and tape are twins: a fit run is the reference.
     whole = train(make_cfg("loop=fit", *CUT, "mlflow.experiment_name=whole"))
     client = MlflowClient(tracking_uri)
-    for loop in ("fit", "tape"):
-        stop_at = random.Random(loop).randint(1, 3)
+    stop_at = random.Random("tape").randint(1, 3)
 
-        def interrupt(epoch, metrics):  # as a Ctrl-C during the next epoch would, after this one's checkpoint
-            if epoch == stop_at:
-                raise KeyboardInterrupt("test")
+    def interrupt(epoch, metrics):  # as a Ctrl-C during the next epoch would, after this one's checkpoint
+        if epoch == stop_at:
+            raise KeyboardInterrupt("test")
 
-        with pytest.raises(RunInterrupted) as stopped:
-            train(make_cfg(f"loop={loop}", *CUT, f"mlflow.experiment_name=cut-{loop}"), on_epoch_end=[interrupt])
-        assert client.get_run(stopped.value.run_id).info.status == "KILLED"
-        assert [a.path for a in client.list_artifacts(stopped.value.run_id, "checkpoint")] == [
-            "checkpoint/a", "checkpoint/b"]
-        if loop == "tape":
-            newest, older = _damage_newest_slot(client.get_run(stopped.value.run_id))
-            assert newest == stop_at and older == stop_at - 1
+    with pytest.raises(RunInterrupted) as stopped:
+        train(make_cfg("loop=tape", *CUT, "mlflow.experiment_name=cut"), on_epoch_end=[interrupt])
+    assert client.get_run(stopped.value.run_id).info.status == "KILLED"
+    assert [a.path for a in client.list_artifacts(stopped.value.run_id, "checkpoint")] == [
+        "checkpoint/a", "checkpoint/b"]
+    assert _damage_newest_slot(client.get_run(stopped.value.run_id)) == (stop_at, stop_at - 1)
 
-        resumed = train(make_cfg(f"loop={loop}", *CUT, f"mlflow.experiment_name=cut-{loop}", "resume=true"))
-        assert resumed.run_id == stopped.value.run_id, loop
-        run = client.get_run(resumed.run_id)
-        assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "1" and "error" not in run.data.tags
-        assert _history(client, resumed.run_id) == _history(client, whole.run_id), loop
-    assert "is damaged; resuming from slot" in caplog.text and f"(after epoch {stop_at - 1})" in caplog.text
+    resumed = train(make_cfg("loop=tape", *CUT, "mlflow.experiment_name=cut", "resume=true"))
+    assert resumed.run_id == stopped.value.run_id
+    run = client.get_run(resumed.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "1" and "error" not in run.data.tags
+    assert _history(client, resumed.run_id) == _history(client, whole.run_id)
+    assert f"is damaged; resuming from slot {'ab'[(stop_at - 1) % 2]} (after epoch {stop_at - 1})" in caplog.text
 
 
 def test_a_run_another_process_holds_is_not_resumed(tracking_uri, make_cfg):
@@ -73,6 +70,41 @@ def test_a_run_another_process_holds_is_not_resumed(tracking_uri, make_cfg):
     run = client.create_run(experiment)  # RUNNING, as a live job's run is
     with pytest.raises(TrackingError, match=r"is RUNNING in process .*: another process is training or resuming it"):
         _claim(client, run.info.run_id, {})
+
+
+def _kill_after_epochs(jobs, tmp_path, kill_after):
+    """SIGKILL each job's process group once its log shows its epoch done (no handler runs, no checkpoint is
+    added), watching all of them at once."""
+    deadline, left = time.monotonic() + 600, dict(jobs)
+    while left:
+        for name, job in list(left.items()):
+            epoch_log = tmp_path / name / "train.log"
+            if epoch_log.exists() and f"epoch {kill_after[name]}:" in epoch_log.read_text():
+                os.killpg(job.pid, signal.SIGKILL)
+                assert job.wait(30) == -signal.SIGKILL, f"{name} ended before it was killed"
+                del left[name]
+            else:
+                assert job.poll() is None and time.monotonic() < deadline, (tmp_path / f"{name}.log").read_text()[-2000:]
+        time.sleep(0.05)
+
+
+def test_a_tiny_run_killed_with_sigkill_resumes_bit_identically(make_cfg, store_overrides, higgs_file, tmp_path,
+                                                                tracking_uri):
+    # both loops killed in processes of their own, each resumed here; one reference serves both twins
+    tiny = ["model=tiny", "reg=l2_dropout", "train.epochs=16", "train.checkpoint_every=1", "data.n_validation=500",
+            "data.n_train=9984"]
+    kill_after = {f"cut-{loop}": random.Random(loop).randint(2, 5) for loop in ("fit", "tape")}
+    jobs = {name: _job(tmp_path, name, f"loop={name[4:]}", *tiny, f"data.path={higgs_file}", "quiet=true",
+                       "mlflow.log_models=false", *store_overrides, f"mlflow.experiment_name={name}")
+            for name in kill_after}
+    _kill_after_epochs(jobs, tmp_path, kill_after)
+    whole = train(make_cfg("loop=fit", *tiny, "mlflow.experiment_name=whole"))
+    client = MlflowClient(tracking_uri)
+    for name in jobs:
+        resumed = train(make_cfg(f"loop={name[4:]}", *tiny, f"mlflow.experiment_name={name}", "resume=true"))
+        run = client.get_run(resumed.run_id)
+        assert run.data.tags.get("resumed") == "1" and run.info.status == "FINISHED", name
+        assert _history(client, resumed.run_id) == _history(client, whole.run_id), name
 
 
 def _job(tmp_path, name, *overrides):
@@ -93,15 +125,8 @@ def test_a_run_killed_with_sigkill_at_a_random_epoch_resumes_bit_identically(tmp
     whole = _job(tmp_path, "whole", *common, "mlflow.experiment_name=whole")
     assert whole.wait(600) == 0, (tmp_path / "whole.log").read_text()[-2000:]
 
-    kill_after = random.Random(loop).randint(2, 5)
-    job = _job(tmp_path, "cut", *common, "mlflow.experiment_name=cut")
-    epoch_log = tmp_path / "cut" / "train.log"
-    deadline = time.monotonic() + 600
-    while not (epoch_log.exists() and f"epoch {kill_after}:" in epoch_log.read_text()):
-        assert job.poll() is None and time.monotonic() < deadline, (tmp_path / "cut.log").read_text()[-2000:]
-        time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)  # no handler runs: only the checkpoints already saved survive
-    job.wait(30)
+    _kill_after_epochs({"cut": _job(tmp_path, "cut", *common, "mlflow.experiment_name=cut")}, tmp_path,
+                       {"cut": random.Random(loop).randint(2, 5)})
 
     again = _job(tmp_path, "again", *common, "mlflow.experiment_name=cut", "resume=true")
     assert again.wait(600) == 0, (tmp_path / "again.log").read_text()[-2000:]
