@@ -80,3 +80,17 @@ def numpy_dataset_digest(features, targets) -> str:
         elements.append(pd.util.hash_array(head.flatten()[:MAX_ROWS]))
         elements.extend(np.int64(x) for x in array.shape)
     return get_normalized_md5_digest(elements)
+
+
+def optuna_trial_id(trial) -> int:
+    """The storage's ID of a trial the sweeper asked for: what a trial's job needs to report to it from elsewhere.
+    (Optuna's `Trial` keeps it private; `trial.number` is per study, the storage's methods take the ID.)"""
+    return trial._trial_id
+
+
+def optuna_trial(study, trial_id: int):
+    """The running trial `trial_id` of `study`, in another process than the one that asked for it: Optuna's
+    distributed pattern (its docs note the constructor is not meant for everyday use; it is public)."""
+    import optuna
+
+    return optuna.trial.Trial(study, trial_id)

@@ -14,7 +14,8 @@ from src.regularizers import REGULARIZERS, knobs_on, option_name
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "conf"
 # Keys (and whole sections) that do not change what a run computes: left out of its config digest.
-NON_SEMANTIC_KEYS = ("mlflow", "quiet", "resume", "train.checkpoint_every", "data.cache_dir", "data.timeout_seconds")
+NON_SEMANTIC_KEYS = ("mlflow", "quiet", "resume", "trial", "train.checkpoint_every", "data.cache_dir",
+                     "data.timeout_seconds")
 ALL_ROWS = -1  # data.n_train's value for "every row after the validation rows"
 
 # Every epoch logs exactly these metrics, for every loop.
@@ -159,6 +160,15 @@ class MlflowConfig:
 
 
 @dataclass
+class TrialConfig:
+    """Set by the optuna sweeper (hydra/sweeper=optuna) on each trial it launches; null in every other run."""
+
+    study: Optional[str] = MISSING  # the Optuna study's name
+    id: Optional[int] = MISSING  # the trial's ID in the study's storage (it reports each epoch there)
+    number: Optional[int] = MISSING  # the trial's number in the study
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     reg: RegConfig = MISSING
@@ -166,6 +176,7 @@ class Config:
     data: DataConfig = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    trial: TrialConfig = field(default_factory=TrialConfig)
     seed: int = MISSING
     device: Device = MISSING
     quiet: bool = MISSING
@@ -258,6 +269,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def run_name(cfg: DictConfig) -> str:
-    """Readable run name, e.g. `fit-l2-large` or `tape-l2-large-no_reg_loss`."""
-    return f"{cfg.loop.name}-{cfg.reg.name}-{cfg.model.name}" + OmegaConf.to_object(cfg.loop).run_name_suffix()
-
+    """Readable run name, e.g. `fit-l2-large`, `tape-l2-large-no_reg_loss`, or `trial 3 fit-l2-large` in a search."""
+    name = f"{cfg.loop.name}-{cfg.reg.name}-{cfg.model.name}" + OmegaConf.to_object(cfg.loop).run_name_suffix()
+    number = OmegaConf.select(cfg, "trial.number", default=None)
+    return name if number is None else f"trial {number} {name}"

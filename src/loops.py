@@ -2,7 +2,8 @@
 
 Every loop trains on the same data stream, logs the same per-epoch metrics and calls each
 of `settings.on_epoch_end` with `(epoch, metrics)` after every epoch, so the tracker and
-the plots never need to know which loop ran. A new loop is one function here, decorated
+the plots never need to know which loop ran; a callback that returns True ends training after
+that epoch, as early stopping does (a search's pruner). A new loop is one function here, decorated
 with `@loop("<option>")`, plus `conf/loop/<option>.yaml`.
 """
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 # logger); the console already shows them in the progress bars.
 epoch_log = logging.getLogger("src.epochs")
 
-EpochCallback = Callable[[int, Dict[str, float]], None]
+EpochCallback = Callable[[int, Dict[str, float]], Optional[bool]]  # True: stop after this epoch
 
 @dataclass(frozen=True)
 class LoopSettings:
@@ -135,7 +136,8 @@ def _finish_epoch(
     logged = {key: metrics[key] for key in EPOCH_METRICS}
     stop = settings.monitor.update(epoch, logged, model.get_weights)  # first: a checkpoint callback saves it
     for callback in settings.on_epoch_end:
-        callback(epoch, logged)
+        if callback(epoch, logged) is True:  # a callback may end training after this epoch (a pruned trial)
+            stop = True
     if not math.isfinite(metrics["loss"]):
         raise NonFiniteLossError(epoch, metrics["loss"])
     return stop

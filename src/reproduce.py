@@ -100,7 +100,7 @@ def rebuild_config(logged: DictConfig) -> Tuple[DictConfig, Dict[str, Any], Dict
     dropped = {key: value for key, value in logged_leaves.items() if key not in today_leaves}
     filled = {key: value for key, value in today_leaves.items() if key not in logged_leaves}
     for key, value in logged_leaves.items():
-        if key not in dropped:
+        if key not in dropped and not key.startswith("trial."):  # a rerun is never a search's trial again
             OmegaConf.update(cfg, key, value, merge=False)  # the schema checks the type, as at compose time
 
     def computes(key: str) -> bool:  # tracking settings and the like change no number: not worth a warning

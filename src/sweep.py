@@ -21,6 +21,7 @@ from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, git_state
 PARENT_RUN_FILE = "mlflow_parent_run.json"
 JOB_RESULT_FILE = "job_result.json"
 RUNNING = "RUNNING"
+PRUNED = "PRUNED"  # a search's trial its pruner stopped (src.search): a result, not a failure
 
 
 @dataclass
@@ -71,7 +72,7 @@ def sweep_status(statuses: Sequence[str], completed: bool) -> str:
     """A parent's end state: KILLED if a job was, FINISHED only if the sweep completed and every job finished."""
     if KILLED in statuses or RUNNING in statuses:
         return KILLED
-    if completed and all(s in (FINISHED, SKIPPED) for s in statuses):
+    if completed and all(s in (FINISHED, SKIPPED, PRUNED) for s in statuses):
         return FINISHED
     return FAILED
 
@@ -121,9 +122,12 @@ class _SweepParent:
         exp_id = experiment_id(uri, config.mlflow.experiment_name, config.mlflow.artifact_location)
         overrides = list(hydra_cfg.overrides.task)
         shown = [o for o in overrides if not o.lstrip("+~").startswith(("mlflow.", "hydra"))]
-        run_id = create_parent_run(
-            uri, exp_id, name=f"sweep {' '.join(shown)}", overrides=overrides, tags={"sweep_dir": str(sweep_dir)}
-        )
+        run_id = _study_parent(hydra_cfg, uri)  # a named Optuna study keeps one parent across its workers
+        if run_id is None:
+            kind = "search" if _is_search(hydra_cfg) else "sweep"
+            run_id = create_parent_run(
+                uri, exp_id, name=f"{kind} {' '.join(shown)}", overrides=overrides, tags={"sweep_dir": str(sweep_dir)}
+            )
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": redact(uri)}))
         parent = cls(uri, run_id, sweep_dir)
         atexit.register(parent.finish, completed=False)  # on_multirun_end is skipped when a job fails
@@ -167,6 +171,22 @@ class _SweepParent:
         for result in results:
             if result.status == RUNNING:
                 result.status, result.error = KILLED, "interrupted with its sweep"
+
+
+def _is_search(hydra_cfg) -> bool:
+    return str(hydra_cfg.sweeper.get("_target_", "")).endswith("optuna_sweeper.OptunaSweeper")
+
+
+def _study_parent(hydra_cfg, tracking_uri: str) -> Optional[str]:
+    """The existing parent run of the named study this search continues (reopened: RUNNING again), or None."""
+    if not _is_search(hydra_cfg):
+        return None
+    from src.search import study_parent_run
+
+    run_id = study_parent_run(hydra_cfg.sweeper)
+    if run_id is not None:
+        client(tracking_uri).update_run(run_id, status=RUNNING)
+    return run_id
 
 
 def summary(results: Sequence[JobResult], parent_run_id: str, status: str) -> str:

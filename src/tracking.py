@@ -48,7 +48,7 @@ def config_digest(cfg: DictConfig) -> str:
 
 
 def flat_params(cfg: DictConfig) -> Dict[str, str]:
-    """The resolved config as `section.key` params, without the tracking settings."""
+    """The resolved config as `section.key` params, without the tracking settings and a trial's identity (tags)."""
     params: Dict[str, str] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -58,7 +58,7 @@ def flat_params(cfg: DictConfig) -> Dict[str, str]:
         else:
             params[prefix[:-1]] = redact(str(node))
 
-    walk("", {key: value for key, value in to_plain(cfg).items() if key != "mlflow"})
+    walk("", {key: value for key, value in to_plain(cfg).items() if key not in ("mlflow", "trial")})
     return params
 
 

@@ -16,7 +16,7 @@ from src import compat
 from src.config import run_name, validate
 from src.data import load_higgs
 from src.errors import ConfigError, JobFailed, RunInterrupted, UserError, composition_error_line
-from src import checkpoints
+from src import checkpoints, search
 from src.interrupts import handle_interrupts, raise_if_interrupted, signals_blocked
 from src.redaction import RedactedStream, redact, redact_files, redact_log_handlers
 from src.store import DATA_DIGEST_TAG, ensure_store, finished_run_with_digest
@@ -127,6 +127,9 @@ def train(
         run.result.checkpoint_write_seconds = checkpointer.write_seconds
         monitor = settings.monitor
         run.set_tags(_monitor_tags(monitor, epochs_run=len(run.result.history.get("loss", []))))
+        for callback in on_epoch_end:  # a callback with tags for the run (a search trial's state)
+            if hasattr(callback, "run_tags"):
+                run.set_tags(callback.run_tags())
         if cfg.mlflow.log_models:
             example = np.asarray(splits.x_val[:5])
             last_epoch = len(run.result.history["loss"]) - 1
@@ -178,7 +181,7 @@ def _job_threads(cfg: DictConfig, hydra_cfg) -> int:
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> Optional[dict]:
     """Hydra entry point: one job of a run or a sweep; its outcome is left in job_result.json."""
     handle_interrupts()  # in a launcher's worker too: SIGTERM ends the run KILLED, never left RUNNING
     hydra_cfg = HydraConfig.get()
@@ -193,8 +196,12 @@ def main(cfg: DictConfig) -> None:
                     overrides=[redact(o) for o in overrides])
     job.write(output_dir)
     try:
-        result = train(cfg, parent_run_id=parent_run_id, overrides=overrides, output_dir=output_dir)
+        reporter = search.trial_reporter(cfg.trial, OmegaConf.select(hydra_cfg, "sweeper"))
+        result = train(cfg, parent_run_id=parent_run_id, overrides=overrides, output_dir=output_dir,
+                       on_epoch_end=[reporter] if reporter else [])
         job.status, job.run_id, job.run_name, job.error = result.status, result.run_id, result.run_name, result.error
+        if reporter and reporter.pruned_epoch is not None and result.status == FINISHED:
+            job.status = search.PRUNED
     except KeyboardInterrupt as exc:
         job.status, job.error = KILLED, "interrupted"
         job.run_id = exc.run_id if isinstance(exc, RunInterrupted) else None
@@ -212,12 +219,15 @@ def main(cfg: DictConfig) -> None:
         job.write(output_dir)
     if job.status == FAILED:
         raise JobFailed(job.error)  # Hydra prints it as one line; a sweep's summary names the run
+    # what a sweeper hears back from the launcher (the optuna sweeper scores the trial from the history)
+    return {"status": job.status, "run_id": job.run_id, "history": dict(result.history)}
 
 
 if __name__ == "__main__":
     sys.stdout, sys.stderr = RedactedStream(sys.stdout), RedactedStream(sys.stderr)
     handle_interrupts()  # SIGTERM ends a sweep like Ctrl-C: its parent KILLED, the summary printed, workers stopped
     compat.one_line_config_errors(composition_error_line)
+    search.register_sweeper()
     try:
         main()
     except KeyboardInterrupt:

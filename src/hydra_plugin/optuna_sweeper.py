@@ -1,0 +1,91 @@
+"""`hydra/sweeper=optuna`: a search with Optuna's ask/tell API, each trial launched as a job by Hydra's launcher.
+
+Written on Optuna's public API because the published hydra-optuna-sweeper pins optuna < 3; the search space,
+objective, pruning and the study's MLflow summary live in `src.search`.
+"""
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class OptunaSweeper(Sweeper):
+    """Asks the study for `n_jobs` trials at a time, launches them, tells it how each ended, `n_trials` in all."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = OmegaConf.create(settings)  # the sweeper's config node (conf/hydra/sweeper/optuna.yaml)
+        self.config: Optional[DictConfig] = None
+        self.launcher = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: List[str]) -> Any:
+        from optuna.trial import TrialState
+
+        from src import compat, search
+        from src.errors import ConfigError, JobFailed
+        from src.sweep import read_parent_run_id
+
+        settings, config = self.settings, self.config
+        objective = search.Objective.from_config(settings.objective)
+        if settings.n_trials < 1 or settings.n_jobs < 1:
+            raise ConfigError(f"hydra.sweeper.n_trials={settings.n_trials}, n_jobs={settings.n_jobs}: both at least 1")
+        fixed, space = search.search_space(arguments, settings.params, self.hydra_context.config_loader)
+        search.silence_optuna()
+        study_name = settings.study_name or search.new_study_name()
+        study = search.open_study(settings, study_name, create=True)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(config, sweep_dir / "multirun.yaml")
+        parent_run_id = read_parent_run_id(sweep_dir)
+        if parent_run_id and search.PARENT_ATTR not in study.user_attrs:
+            study.set_user_attr(search.PARENT_ATTR, parent_run_id)
+        print(f"optuna study {study_name!r}: {settings.n_trials} trials of {', '.join(space)}; "
+              f"{objective.direction} {objective.name}", file=sys.stderr)
+
+        returns, job_idx, failed = [], 0, 0
+        while job_idx < settings.n_trials:
+            trials = [study.ask(space) for _ in range(min(settings.n_jobs, settings.n_trials - job_idx))]
+            batch = [[*fixed, *search.trial_overrides(t.params), f"trial.study={study_name}",
+                      f"trial.id={compat.optuna_trial_id(t)}", f"trial.number={t.number}"] for t in trials]
+            self.validate_batch_is_legal(batch)
+            results = self.launcher.launch(batch, initial_job_idx=job_idx)
+            for trial, result in zip(trials, results):
+                outcome = result.return_value if result.status == JobStatus.COMPLETED else None
+                if outcome is None or outcome["status"] not in ("FINISHED", search.PRUNED):
+                    study.tell(trial, state=TrialState.FAIL)
+                    failed += 1
+                    continue
+                if outcome.get("run_id"):
+                    trial.set_user_attr("run_id", outcome["run_id"])  # the trial's MLflow run
+                if outcome["status"] == search.PRUNED:
+                    study.tell(trial, state=TrialState.PRUNED)
+                else:
+                    study.tell(trial, objective.value(outcome["history"]))
+            returns.append(results)
+            job_idx += len(batch)
+            if failed == job_idx:  # not one trial has worked: the rest would fail alike (a config or data error)
+                break
+
+        summary = search.record_study(study, objective, parent_run_id, config.mlflow.tracking_uri) \
+            if parent_run_id else {}
+        if "best_value" in summary:
+            print(f"best trial {summary['best_trial']}: {objective.name}={summary['best_value']:.6g} "
+                  f"{summary['best_params']}", file=sys.stderr)
+        if failed:
+            raise JobFailed(f"{failed} of {job_idx} trials failed (see the summary below)")
+        return returns
+
