@@ -32,7 +32,7 @@ DIRECTIONS = ("minimize", "maximize")
 def search_space(arguments: Sequence[str], params: Dict[str, str], config_loader=None) -> Tuple[List[str], Dict]:
     """(fixed overrides, {key: Optuna distribution}) from the command line and `hydra.sweeper.params`.
 
-    `interval(a, b)` is a float range (an int range if both ends are ints), `tag(log, interval(a, b))` a log scale,
+    `interval(a, b)` is a float range, `tag(int, interval(a, b))` an integer one, `tag(log, ...)` on a log scale,
     `choice(a, b, ...)` and `range(a, b[, step])` categorical; anything else is fixed for every trial.
     """
     import optuna.distributions as od
@@ -51,8 +51,8 @@ def search_space(arguments: Sequence[str], params: Dict[str, str], config_loader
         sweep = override.value()
         if isinstance(sweep, IntervalSweep):
             log_scale = "log" in sweep.tags
-            if isinstance(sweep.start, int) and isinstance(sweep.end, int) and "float" not in sweep.tags:
-                space[key] = od.IntDistribution(sweep.start, sweep.end, log=log_scale)
+            if "int" in sweep.tags:  # Hydra parses interval()'s ends as floats; tag(int, ...) asks for integers
+                space[key] = od.IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
             else:
                 space[key] = od.FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale)
         elif isinstance(sweep, ChoiceSweep):
@@ -118,6 +118,16 @@ class Objective:
     @property
     def name(self) -> str:
         return f"{self.reduce}_{self.metric}"
+
+
+def check_settings(sweeper_cfg: DictConfig) -> "Objective":
+    """The sweeper's settings that can be wrong, checked before a parent run or a trial exists."""
+    objective = Objective.from_config(sweeper_cfg.objective)
+    if sweeper_cfg.n_trials < 1 or sweeper_cfg.n_jobs < 1:
+        raise ConfigError(f"hydra.sweeper.n_trials={sweeper_cfg.n_trials}, hydra.sweeper.n_jobs={sweeper_cfg.n_jobs}: "
+                          "both must be at least 1")
+    storage_of(sweeper_cfg.storage)  # SQLAlchemy checks the URL's form here; it connects at the first use
+    return objective
 
 
 # --- the study -------------------------------------------------------------------

@@ -116,6 +116,10 @@ class _SweepParent:
     @classmethod
     def start(cls, config: DictConfig) -> "_SweepParent":
         hydra_cfg = config.hydra  # HydraConfig is not set yet when multirun starts
+        if _is_search(hydra_cfg):  # a search's own settings are checked before anything is created
+            from src.search import check_settings
+
+            check_settings(hydra_cfg.sweeper)
         sweep_dir = Path(hydra_cfg.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         uri = config.mlflow.tracking_uri

@@ -36,13 +36,11 @@ class OptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         from src import compat, search
-        from src.errors import ConfigError, JobFailed
+        from src.errors import JobFailed
         from src.sweep import read_parent_run_id
 
         settings, config = self.settings, self.config
-        objective = search.Objective.from_config(settings.objective)
-        if settings.n_trials < 1 or settings.n_jobs < 1:
-            raise ConfigError(f"hydra.sweeper.n_trials={settings.n_trials}, n_jobs={settings.n_jobs}: both at least 1")
+        objective = search.check_settings(settings)
         fixed, space = search.search_space(arguments, settings.params, self.hydra_context.config_loader)
         search.silence_optuna()
         study_name = settings.study_name or search.new_study_name()

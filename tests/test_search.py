@@ -1,0 +1,164 @@
+"""Hyperparameter search (`hydra/sweeper=optuna`): the search space, the objective, a real search with a pruned
+trial recorded on its MLflow parent run, and (slow) two workers sharing one study."""
+
+import subprocess
+import sys
+import time
+
+import optuna
+import optuna.distributions as od
+import pytest
+from mlflow import MlflowClient
+
+from src.config import PROJECT_ROOT
+from src.errors import ConfigError
+from src.search import Objective, search_space, trial_overrides
+from src.store import PARENT_TAG
+from tests.helpers import error_lines, history, run_module, split_runs
+
+
+def test_the_search_space_comes_from_hydras_sweep_syntax_and_the_rest_is_fixed():
+    fixed, space = search_space(
+        ["reg=l2", "reg.l2=tag(log, interval(1e-5, 1e-2))", "train.epochs=20", "model=choice(tiny, large)",
+         "train.batch_size=range(100, 400, 100)", "seed=tag(int, interval(0, 9))", "reg.dropout=interval(0.1, 0.5)"],
+        {"train.learning_rate": "tag(log, interval(1e-4, 1e-2))", "train.epochs": "5"},
+    )
+    assert fixed == ["reg=l2", "train.epochs=20"]  # the command line wins over hydra.sweeper.params
+    assert space == {
+        "train.learning_rate": od.FloatDistribution(1e-4, 1e-2, log=True),
+        "reg.l2": od.FloatDistribution(1e-5, 1e-2, log=True),
+        "model": od.CategoricalDistribution(["tiny", "large"]),
+        "train.batch_size": od.CategoricalDistribution([100, 200, 300]),
+        "seed": od.IntDistribution(0, 9),
+        "reg.dropout": od.FloatDistribution(0.1, 0.5),
+    }
+    assert trial_overrides({"reg.l2": 0.1 + 0.2, "model": "tiny"}) == ["reg.l2=0.30000000000000004", "model=tiny"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["reg=l2"], "nothing to search"),
+    (["model=glob(*)"], "takes interval(), tag(log, interval()), choice() or range()"),
+])
+def test_a_search_without_a_search_space_is_a_config_error(arguments, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        search_space(arguments, {})
+
+
+def test_the_objective_is_the_best_or_last_value_of_a_per_epoch_metric():
+    history = {"val_binary_crossentropy": [0.7, 0.6, 0.65], "val_accuracy": [0.5, 0.7, 0.6]}
+    assert Objective("val_binary_crossentropy", "minimize", "best").value(history) == 0.6
+    assert Objective("val_binary_crossentropy", "minimize", "last").value(history) == 0.65
+    assert Objective("val_accuracy", "maximize", "best").value(history) == 0.7
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.objective.metric=val_auc: not a per-epoch metric"):
+        Objective.from_config(optuna_objective("val_auc", "minimize", "best"))
+    with pytest.raises(ConfigError, match=r"objective.direction=down: minimize or maximize"):
+        Objective.from_config(optuna_objective("val_loss", "down", "best"))
+
+
+def optuna_objective(metric, direction, reduce):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"metric": metric, "direction": direction, "reduce": reduce})
+
+
+def _search_args(folder, higgs_file, *extra, tracking_uri=None):
+    return [
+        "-m", "hydra/sweeper=optuna", "hydra.sweeper.sampler.seed=0", "reg=l2",
+        "reg.l2=tag(log, interval(1e-5, 1e-2))", "train.learning_rate=tag(log, interval(1e-6, 1e-2))",
+        "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=1",
+        "model=tiny", "train.epochs=4", f"data.path={higgs_file}", "data.n_validation=500", "data.n_train=2000",
+        "quiet=true", "mlflow.log_models=false", f"mlflow.tracking_uri={tracking_uri or f'sqlite:///{folder}/mlruns/mlflow.db'}",
+        f"mlflow.artifact_location={folder}/mlruns/artifacts", f"hydra.sweeper.storage=sqlite:///{folder}/optuna.db",
+        *extra,
+    ]
+
+
+def test_a_search_prunes_hopeless_trials_and_records_the_best_on_its_parent_run(tmp_path, higgs_file, tracking_uri):
+    proc = run_module("src.train", _search_args(tmp_path, higgs_file, "hydra.sweeper.n_trials=3",
+                                                "hydra.sweeper.study_name=s", f"hydra.sweep.dir={tmp_path}/sweep",
+                                                tracking_uri=tracking_uri), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    uri = tracking_uri
+    client = MlflowClient(uri)
+    [parent], trials = split_runs(uri)
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db")
+    states = {t.number: t.state.name for t in study.trials}
+    assert sorted(states.values()).count("PRUNED") >= 1 and "COMPLETE" in states.values(), states
+
+    assert len(trials) == 3
+    for run in trials:
+        tags, number = run.data.tags, int(run.data.tags["optuna.trial"])
+        assert run.info.status == "FINISHED" and tags[PARENT_TAG] == parent.info.run_id
+        assert run.info.run_name.startswith(f"trial {number} ") and tags["optuna.state"] == states[number]
+        trial = study.trials[number]
+        assert float(run.data.params["reg.l2"]) == trial.params["reg.l2"]  # the sampled value, exactly
+        epochs = len(history(client, run.info.run_id, ["val_binary_crossentropy"])["val_binary_crossentropy"])
+        if states[number] == "PRUNED":  # stopped after the epoch it was pruned at, as its own state
+            assert epochs == int(tags["optuna.pruned_epoch"]) + 1 < 4
+        else:
+            val = history(client, run.info.run_id, ["val_binary_crossentropy"])["val_binary_crossentropy"]
+            assert epochs == 4 and trial.value == min(val)
+
+    best = study.best_trial
+    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("search ")
+    assert parent.data.metrics["best_val_binary_crossentropy"] == best.value
+    assert parent.data.metrics["trials_pruned"] == list(states.values()).count("PRUNED")
+    assert parent.data.metrics["trials_complete"] + parent.data.metrics["trials_pruned"] == 3
+    assert {k: float(v) for k, v in parent.data.params.items()} == best.params
+    assert parent.data.tags["optuna.best_run_id"] in {r.info.run_id for r in trials}
+    figures = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
+    importances = {"optuna/param_importances.png"} if list(states.values()).count("COMPLETE") >= 2 else set()
+    assert figures == {"optuna/optimization_history.png", *importances}  # importances need two complete trials
+    assert "PRUNED" in proc.stderr and f"best trial {best.number}:" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_bad_objective_is_a_one_line_error_before_any_trial_or_parent_run(tmp_path, higgs_file):
+    proc = run_module("src.train", _search_args(tmp_path, higgs_file, "hydra.sweeper.objective.metric=val_auc",
+                                                f"hydra.sweep.dir={tmp_path}/sweep"), cwd=tmp_path)
+    assert proc.returncode == 1
+    lines = error_lines(proc.stderr)
+    assert any("hydra.sweeper.objective.metric=val_auc: not a per-epoch metric" in line for line in lines), lines
+    assert not (tmp_path / "sweep" / "0").exists()
+    assert split_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db") == ([], [])
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_and_its_parent_run_and_a_study_resumes_by_name(tmp_path, higgs_file):
+    """Two processes against one study in one storage (Optuna's distributed pattern); then the same command again
+    adds trials to the study instead of starting over."""
+    def worker(name):
+        args = _search_args(tmp_path, higgs_file, "hydra.sweeper.n_trials=3", "hydra.sweeper.study_name=shared",
+                            f"hydra.sweep.dir={tmp_path}/{name}")
+        return subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=PROJECT_ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    first = worker("one")
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    deadline = time.monotonic() + 300
+    while True:  # the second worker joins once the study (and its parent run) exists
+        try:
+            if "mlflow_parent_run_id" in optuna.load_study(study_name="shared", storage=storage).user_attrs:
+                break
+        except KeyError:
+            pass
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.5)
+    second = worker("two")
+    for proc in (first, second):
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+    third = worker("three")
+    out, _ = third.communicate(timeout=600)
+    assert third.returncode == 0, out[-3000:]
+
+    study = optuna.load_study(study_name="shared", storage=storage)
+    assert len(study.trials) == 9 and all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    [parent], trials = split_runs(uri)
+    assert len(trials) == 9 and {r.data.tags[PARENT_TAG] for r in trials} == {parent.info.run_id}
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in trials) == list(range(9))
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["trials_complete"] + parent.data.metrics["trials_pruned"] == 9
+    assert parent.data.metrics["best_val_binary_crossentropy"] == study.best_value
+
