@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from src.errors import UserError
+from src.errors import ConfigError, UserError
 from src.liveness import HEARTBEAT_TAG, dead_reason, process_tags
 from src.redaction import redact, redact_files, redact_log_handlers
 from src.store import PARENT_TAG, SWEEP_OVERRIDES_TAG, SWEEP_TAG, client, ensure_store, experiment_id
@@ -92,6 +92,7 @@ class HydraMlflowCallback(Callback):
         # (A single run needs nothing here: train() checks the config, the data, then the store.)
         redact_log_handlers()  # before the launcher logs each job's overrides
         try:
+            check_remote_launch(config)
             ensure_store(config.mlflow.tracking_uri)
             self._sweep = _SweepParent.start(config)
         except UserError as exc:
@@ -102,6 +103,31 @@ class HydraMlflowCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._sweep is not None:
             self._sweep.finish(completed=True)
+
+
+# Launchers whose jobs may run on other machines than the sweep's: they need a store and paths every node reaches.
+REMOTE_LAUNCHERS = ("RayLauncher", "RayAWSLauncher", "SlurmLauncher")
+
+
+def check_remote_launch(config: DictConfig) -> None:
+    """Refuse, before any job starts, a remote launch whose jobs could not reach the store, the study or the files."""
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+    if not launcher.endswith(REMOTE_LAUNCHERS):
+        return
+    where = f"hydra/launcher={launcher.rsplit('.', 1)[-1]} runs jobs on other machines"
+    uri = config.mlflow.tracking_uri
+    if not uri.startswith(("http://", "https://", "databricks")):
+        raise ConfigError(f"mlflow.tracking_uri={redact(uri)}: {where}, which cannot reach this machine's store; "
+                          "start a tracking server (`make server`) and pass mlflow.tracking_uri=http://HOST:PORT")
+    storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+    if _is_search(config.hydra) and str(storage).startswith("sqlite"):
+        raise ConfigError(f"hydra.sweeper.storage={redact(str(storage))}: {where}, which cannot share a SQLite file; "
+                          "use a database server (postgresql+psycopg2://USER@HOST/DB, e.g. the one `make db` starts)")
+    for key in ("data.path", "data.cache_dir", "hydra.sweep.dir"):
+        value = OmegaConf.select(config, key, default=None)
+        if value is not None and not Path(str(value)).expanduser().is_absolute():
+            raise ConfigError(f"{key}={value}: {where}, where a relative path means another folder; "
+                              "give an absolute path (on a disk every node mounts)")
 
 
 @dataclass
