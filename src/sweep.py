@@ -82,6 +82,23 @@ def read_parent_run_id(sweep_dir: Path) -> Optional[str]:
     return json.loads(path.read_text())["run_id"] if path.exists() else None
 
 
+def find_parent_run_id(sweep_dir: Path, tracking_uri: str, experiment_name: str) -> Optional[str]:
+    """A job's sweep parent: from the sweep's folder, or (a job on another machine, where that folder is not
+    shared) the RUNNING parent run tagged with the folder, through the tracking server."""
+    run_id = read_parent_run_id(sweep_dir)
+    if run_id is not None:
+        return run_id
+    mlflow_client = client(tracking_uri)
+    experiment = mlflow_client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    runs = mlflow_client.search_runs(
+        [experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.{SWEEP_TAG} = 'true' and tags.sweep_dir = '{sweep_dir}' and attributes.status = 'RUNNING'",
+    )
+    return runs[0].info.run_id if runs else None
+
+
 class HydraMlflowCallback(Callback):
     """Prepares the store before jobs start; gives a multirun one parent run."""
 

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
+from urllib.parse import urlsplit
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -181,10 +182,13 @@ class TrackedRun:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
     def ui_hint(self) -> str:
-        return (
-            f"MLflow run ID {self.run_id}: open it with `make ui`, then "
-            f"http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{self.run_id}"
-        )
+        """Where to see the run: the tracking server's own UI, or `make ui` over a local store."""
+        page = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        if self.tracking_uri.startswith(("http://", "https://")):
+            parts = urlsplit(self.tracking_uri)
+            host = parts.hostname + (f":{parts.port}" if parts.port else "")  # never the credentials
+            return f"MLflow run ID {self.run_id}: {parts.scheme}://{host}{parts.path.rstrip('/')}/{page}"
+        return f"MLflow run ID {self.run_id}: open it with `make ui`, then http://127.0.0.1:5000/{page}"
 
 
 @contextmanager

@@ -4,6 +4,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -20,7 +21,7 @@ from src import checkpoints, search
 from src.interrupts import handle_interrupts, raise_if_interrupted, signals_blocked
 from src.redaction import RedactedStream, redact, redact_files, redact_log_handlers
 from src.store import DATA_DIGEST_TAG, ensure_store, finished_run_with_digest
-from src.sweep import JobResult, read_parent_run_id
+from src.sweep import JobResult, find_parent_run_id
 from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, RunResult, config_digest
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,8 @@ def main(cfg: DictConfig) -> Optional[dict]:
     cfg.train.threads = _job_threads(cfg, hydra_cfg)
     redact_files(output_dir / ".hydra")  # Hydra's record of the job's config and overrides
     redact_log_handlers()
-    parent_run_id = read_parent_run_id(Path(hydra_cfg.sweep.dir)) if multirun else None
+    parent_run_id = find_parent_run_id(Path(hydra_cfg.sweep.dir), cfg.mlflow.tracking_uri,
+                                       cfg.mlflow.experiment_name) if multirun else None
     job = JobResult(job=hydra_cfg.job.num if multirun else 0, run_name=run_name(cfg), parent_run_id=parent_run_id,
                     overrides=[redact(o) for o in overrides])
     job.write(output_dir)
@@ -227,6 +229,8 @@ if __name__ == "__main__":
     sys.stdout, sys.stderr = RedactedStream(sys.stdout), RedactedStream(sys.stderr)
     handle_interrupts()  # SIGTERM ends a sweep like Ctrl-C: its parent KILLED, the summary printed, workers stopped
     compat.one_line_config_errors(composition_error_line)
+    # conf/hydra/launcher/ray.yaml replaces hydra-ray-launcher's own `ray` option on purpose (see that file)
+    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
     search.register_sweeper()
     try:
         main()

@@ -1,6 +1,10 @@
 """Launchers beyond one machine: the guard rails a remote launch passes before any job starts, SLURM's defaults,
 and (slow) a real `submitit_local` sweep with a cap on the jobs running at once."""
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
@@ -76,3 +80,62 @@ def test_a_submitit_local_sweep_runs_every_job_in_its_own_process_at_most_two_at
     assert "4 FINISHED" in proc.stderr
     client = MlflowClient(uri)
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in children)
+
+
+def test_a_job_on_a_machine_without_the_sweep_folder_finds_its_parent_through_the_store(tmp_path, tracking_uri):
+    from src.store import experiment_id
+    from src.sweep import create_parent_run, find_parent_run_id
+
+    folder = tmp_path / "multirun" / "x"  # never created here, as on another machine
+    exp = experiment_id(tracking_uri, "e", str(tmp_path / "artifacts"))
+    create_parent_run(tracking_uri, exp, name="sweep old", overrides=[], tags={"sweep_dir": str(tmp_path / "other")})
+    parent = create_parent_run(tracking_uri, exp, name="sweep a", overrides=[], tags={"sweep_dir": str(folder)})
+    assert find_parent_run_id(folder, tracking_uri, "e") == parent
+    assert find_parent_run_id(tmp_path / "elsewhere", tracking_uri, "e") is None
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """A real local Ray cluster (`ray start --head` on 127.0.0.1, a free port), stopped after the test; its address."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.helpers import free_port
+
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
+    if ray is None:
+        pytest.skip("the `ray` command is not installed next to this Python")
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's socket paths must stay short
+    started = subprocess.run(
+        [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+        capture_output=True, text=True, env=env, timeout=180,
+    )
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_ray_sweep_runs_each_job_in_a_fresh_worker_under_one_parent_and_reports_failures_alike(
+        tmp_path, higgs_file, ray_cluster, mlflow_server):
+    proc = run_module("src.train", [
+        "-m", "hydra/launcher=ray", "reg=none,l2", "train.batch_size=250,5000", "model=tiny", "train.epochs=2",
+        f"data.path={higgs_file}", "data.n_validation=500", "data.n_train=1000", "quiet=true",
+        "mlflow.log_models=false", f"hydra.sweep.dir={tmp_path}/sweep", f"mlflow.tracking_uri={mlflow_server.url}",
+    ], cwd=tmp_path, env={"RAY_ADDRESS": ray_cluster, "RAY_USAGE_STATS_ENABLED": "0"})
+    # batch 5000 > the 1000 training rows: those two jobs fail, as they would with any launcher
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    [parent], children = split_runs(mlflow_server.url)
+    assert parent.info.status == "FAILED" and len(children) == 2  # a failing job stops before its run exists
+    assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
+               for r in children)
+    assert len({r.data.tags["pid"] for r in children}) == 2  # max_calls=1: a fresh worker process per job
+    assert "2 FAILED, 2 FINISHED" in proc.stderr and "train.batch_size=5000: larger than data.n_train=1000" \
+        in proc.stderr
