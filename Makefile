@@ -6,7 +6,7 @@ ARGS    ?=
 RUN     ?=
 SOURCE  ?= $(HIGGS_PATH)
 
-.PHONY: install data train sweep ui server test test-slow reproduce compare bench clean
+.PHONY: install data train sweep search ui server test test-slow reproduce compare bench clean
 
 install:  ## create .venv and install the project with its test tools
 	python3 -m venv .venv
@@ -21,6 +21,9 @@ train:  ## one run with the defaults (large model, reg=none, loop=fit); add over
 
 sweep:  ## the article's comparison: every combination of reg={none,l2} x loop={fit,tape}
 	$(PY) -m src.train -m reg=none,l2 loop=fit,tape $(ARGS)
+
+search:  ## a hyperparameter search with Optuna over reg.l2 (log scale); add e.g. ARGS="hydra.sweeper.n_trials=20"
+	$(PY) -m src.train -m hydra/sweeper=optuna 'reg.l2=tag(log, interval(1e-5, 1e-2))' reg=l2 $(ARGS)
 
 # The UI and the server run without MLflow's job-execution workers (unused here; they take ~2 GB and ~20 s
 # to start) and without its usage telemetry.

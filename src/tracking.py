@@ -167,10 +167,16 @@ class TrackedRun:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_experiment(experiment_id=self.experiment_id)
         signature = infer_signature(example, model.predict(example, verbose=0))
-        info = mlflow.tensorflow.log_model(
-            model, name=name, signature=signature, input_example=example, step=step, run_id=self.run_id,
-            tags=tags, pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
-        )
+        interactive = keras.config.is_interactive_logging_enabled()
+        keras.config.disable_interactive_logging()  # MLflow checks the example with a predict that prints a bar
+        try:
+            info = mlflow.tensorflow.log_model(
+                model, name=name, signature=signature, input_example=example, step=step, run_id=self.run_id,
+                tags=tags, pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+            )
+        finally:
+            if interactive:
+                keras.config.enable_interactive_logging()
         return info.model_id
 
     def set_tags(self, tags: Dict[str, str]) -> None:
