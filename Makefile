@@ -5,8 +5,13 @@ STORE   ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 ARGS    ?=
 RUN     ?=
 SOURCE  ?= $(HIGGS_PATH)
+HOST    ?= 127.0.0.1
+DB      ?=
+DBPORT  ?= 5433
+ARTIFACTS ?= $(CURDIR)/mlruns/artifacts
+TO      ?=
 
-.PHONY: install data train sweep search ui server test test-slow reproduce compare bench clean
+.PHONY: install data train sweep search ui server db db-stop migrate test test-slow reproduce compare bench clean
 
 install:  ## create .venv and install the project with its test tools
 	python3 -m venv .venv
@@ -32,9 +37,18 @@ MLFLOW_ENV = MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=t
 ui:  ## MLflow's UI on http://127.0.0.1:$(PORT) over the project's store
 	$(MLFLOW_ENV) $(PY) -m mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT)
 
-server:  ## an MLflow tracking server on 127.0.0.1:$(PORT) over the project's store
-	$(MLFLOW_ENV) $(PY) -m mlflow server --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT) \
-		--artifacts-destination $(CURDIR)/mlruns/artifacts
+server:  ## an MLflow tracking server on $(HOST):$(PORT) over $(DB) (else the project's store); artifacts served through it
+	$(MLFLOW_ENV) $(PY) -m mlflow server --backend-store-uri $(or $(DB),$(STORE)) --host $(HOST) --port $(PORT) \
+		--serve-artifacts --artifacts-destination $(ARTIFACTS)
+
+db:  ## a local PostgreSQL cluster (.cache/postgres, 127.0.0.1:$(DBPORT)) with databases mlflow and optuna; prints their URIs
+	$(PY) -m src.db start --port $(DBPORT)
+
+db-stop:  ## stop the local PostgreSQL cluster (its data stays)
+	$(PY) -m src.db stop --port $(DBPORT)
+
+migrate:  ## copy the runs of the project's store into a tracking server: make migrate TO=http://127.0.0.1:5000
+	$(PY) -m src.migrate --from $(STORE) --to $(TO) $(ARGS)
 
 test:  ## the default test suite: about 2 minutes on 2 cores (two pytest-xdist workers that take tests from each other when idle)
 	$(PY) -m pytest -m "not slow" -n 2 --dist worksteal

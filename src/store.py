@@ -46,6 +46,8 @@ def is_sweep_parent(run) -> bool:
 def client(tracking_uri: str):
     from mlflow import MlflowClient
 
+    # MLflow prints "View run ... at" for a server's runs; the commands here print their own link once
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     return MlflowClient(tracking_uri=tracking_uri)
 
 
