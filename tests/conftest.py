@@ -97,12 +97,17 @@ def make_cfg(higgs_file, store_overrides) -> Callable[..., DictConfig]:
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1 over a SQLite store (.url, .stop()); it and its workers end with the test."""
+    yield from serve_mlflow(tmp_path, f"sqlite:///{tmp_path}/server.db")
+
+
+def serve_mlflow(tmp_path, backend_store_uri: str):
+    """Run `mlflow server` over `backend_store_uri`, artifacts served through it, until the generator is closed."""
     port = free_port()
     log = open(tmp_path / "server.log", "w")
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--backend-store-uri", backend_store_uri, "--serve-artifacts",
          "--artifacts-destination", str(tmp_path / "server-artifacts")],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
@@ -121,6 +126,26 @@ def mlflow_server(tmp_path):
     finally:
         _stop_group(proc)
         log.close()
+
+
+@pytest.fixture
+def postgres(tmp_path_factory):
+    """A real PostgreSQL cluster (Debian's server programs, run as a non-root user) on a free port, with databases
+    mlflow and optuna; stopped after the test."""
+    import tempfile
+
+    from src.db import Cluster, binaries
+
+    if binaries() is None:
+        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed here")
+    # a folder of its own under /tmp: pytest's are private to root, and PostgreSQL runs as another user
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp")), free_port())
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.folder, ignore_errors=True)
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
