@@ -42,7 +42,7 @@ def test_a_parallel_sweep_and_a_search_through_a_server_on_postgresql_lose_nothi
 
     child = children[0].info.run_id
     reproduced = run_module("src.reproduce", [child, "--tracking-uri", pg_server.url, "--quiet"], cwd=tmp_path)
-    assert reproduced.returncode == 0 and ": identical:" in reproduced.stderr, reproduced.stderr[-2000:]
+    assert reproduced.returncode == 0 and ": identical:" in reproduced.stdout, reproduced.stderr[-2000:]
     compared = run_module("src.compare", ["--tracking-uri", pg_server.url, "--out", str(tmp_path / "cmp")], cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr[-2000:]
     assert (tmp_path / "cmp" / "overlay_val_binary_crossentropy.png").stat().st_size > 1000
@@ -85,7 +85,7 @@ def test_the_default_stores_runs_move_into_the_server_whole_and_reproduce_there(
 
     copy = copied[old_children[0].info.run_id]
     reproduced = run_module("src.reproduce", [copy, "--tracking-uri", pg_server.url, "--quiet"], cwd=tmp_path)
-    assert reproduced.returncode == 0 and ": identical:" in reproduced.stderr, reproduced.stderr[-2000:]
+    assert reproduced.returncode == 0 and ": identical:" in reproduced.stdout, reproduced.stderr[-2000:]
 
 
 def test_the_store_bench_measures_both_stores(tmp_path, pg_server):
