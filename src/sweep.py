@@ -154,6 +154,7 @@ class _SweepParent:
     tracking_uri: str
     run_id: str
     sweep_dir: Path
+    search: bool = False  # an Optuna search summarizes itself (src.search.record_study)
     finished: bool = False
 
     @classmethod
@@ -168,15 +169,14 @@ class _SweepParent:
         uri = config.mlflow.tracking_uri
         exp_id = experiment_id(uri, config.mlflow.experiment_name, config.mlflow.artifact_location)
         overrides = list(hydra_cfg.overrides.task)
-        shown = [o for o in overrides if not o.lstrip("+~").startswith(("mlflow.", "hydra"))]
         run_id = _study_parent(hydra_cfg, uri)  # a named Optuna study keeps one parent across its workers
         if run_id is None:
-            kind = "search" if _is_search(hydra_cfg) else "sweep"
-            run_id = create_parent_run(
-                uri, exp_id, name=f"{kind} {' '.join(shown)}", overrides=overrides, tags={"sweep_dir": str(sweep_dir)}
-            )
+            plan = SweepPlan.of(config, overrides)
+            run_id = create_parent_run(uri, exp_id, name=plan.name, overrides=overrides,
+                                       tags={"sweep_dir": str(sweep_dir), NOTE_TAG: plan.note(sweep_dir)})
+            _log_shared_params(uri, run_id, config, plan.axes)
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": redact(uri)}))
-        parent = cls(uri, run_id, sweep_dir)
+        parent = cls(uri, run_id, sweep_dir, search=_is_search(hydra_cfg))
         atexit.register(parent.finish, completed=False)  # on_multirun_end is skipped when a job fails
         print(f"sweep parent run {run_id}", file=sys.stderr)
         return parent
@@ -192,6 +192,12 @@ class _SweepParent:
             status = sweep_status([r.status for r in results], completed)
             if status == KILLED:
                 self._end_interrupted_jobs(results)
+            elif not self.search:
+                try:
+                    _summarize_on_parent(self.tracking_uri, self.run_id, self.sweep_dir)
+                except Exception as exc:  # a comparison is a nicety: the parent still ends, with its true state
+                    print(f"sweep {self.run_id}: no comparison logged ({type(exc).__name__}: "
+                          f"{redact(str(exc))[:200]})", file=sys.stderr)
             end_parent_run(self.tracking_uri, self.run_id, status)
         except Exception as exc:  # at exit: a traceback here would bury the jobs' own errors
             print(f"sweep {self.run_id}: could not be ended ({type(exc).__name__}: {redact(str(exc))[:300]})",
@@ -218,6 +224,104 @@ class _SweepParent:
         for result in results:
             if result.status == RUNNING:
                 result.status, result.error = KILLED, "interrupted with its sweep"
+
+
+NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI
+OBJECTIVE = "val_binary_crossentropy"  # what a sweep's best child is picked by (lower is better)
+
+
+@dataclass
+class SweepPlan:
+    """What a sweep varies: each swept key's values, the fixed overrides, the number of jobs, a short name."""
+
+    axes: Dict[str, List[str]]
+    fixed: List[str]
+    jobs: int
+    name: str
+
+    @classmethod
+    def of(cls, config: DictConfig, overrides: Sequence[str]) -> "SweepPlan":
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        axes, fixed = {}, []
+        for override in OverridesParser.create().parse_overrides(list(overrides)):
+            key = override.get_key_element()
+            if override.is_sweep_override():
+                try:
+                    axes[key] = [str(v) for v in override.sweep_string_iterator()]
+                except Exception:  # an interval: only a search samples it
+                    axes[key] = [override.get_value_element_as_str()]
+            elif not key.lstrip("+~").startswith(("mlflow.", "hydra")):
+                fixed.append(override.input_line)
+        searched = _is_search(config.hydra)
+        jobs = int(config.hydra.sweeper.n_trials) if searched else _product(len(v) for v in axes.values())
+        model = "" if "model" in axes else f" {config.model.name}"
+        epochs = "" if "train.epochs" in axes else f" {config.train.epochs}ep"
+        kind = "search" if searched else "sweep"
+        name = f"{kind} {jobs}×{model}{epochs} {'×'.join(axes) or 'no axes'}"
+        return cls(axes, fixed, jobs, name)
+
+    def note(self, sweep_dir: Path) -> str:
+        """The parent's description: the command, what is swept, what is fixed, where the comparison lives."""
+        swept = "\n".join(f"- `{k}`: {', '.join(v)}" for k, v in self.axes.items())
+        return redact(
+            f"**{self.name}**: {self.jobs} runs, nested below.\n\n"
+            f"Command: `python -m src.train -m {' '.join([*self.fixed, *(f'{k}=' + ','.join(v) for k, v in self.axes.items())])}`\n\n"
+            f"Swept:\n{swept}\n\nFixed: {' '.join(f'`{f}`' for f in self.fixed) or 'the defaults'} "
+            f"(every other value is a param of this run).\n\n"
+            f"Comparison: the artifacts under `compare/` (the overlay of `{OBJECTIVE}` and `table.txt`), written "
+            f"when the sweep ends; the best child is the metric `best_{OBJECTIVE}` and the tag `best_run_name`. "
+            f"Again at any time: `python -m src.compare <this run's ID>`.\n\nFolder: `{sweep_dir}`"
+        )
+
+
+def _product(numbers) -> int:
+    total = 1
+    for n in numbers:
+        total *= n
+    return total
+
+
+def _log_shared_params(tracking_uri: str, run_id: str, config: DictConfig, axes: Dict[str, List[str]]) -> None:
+    """The config every child shares (what is not swept) as the parent's params."""
+    from mlflow.entities import Param
+
+    from src.tracking import flat_params
+
+    plain = {k: v for k, v in config.items() if k != "hydra"}
+    params = {k: v for k, v in flat_params(OmegaConf.create(plain)).items()
+              if not any(k == axis or k.startswith(axis + ".") for axis in axes)}
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client(tracking_uri).log_batch(run_id, params=items[i:i + 100])
+
+
+def _summarize_on_parent(tracking_uri: str, run_id: str, sweep_dir: Path) -> None:
+    """At a sweep's end: `src.compare`'s figures and table on the parent, and its best child as metric and tags."""
+    import contextlib
+    import io
+
+    from src import compare
+
+    mlflow_client = client(tracking_uri)
+    children = mlflow_client.search_runs(
+        [mlflow_client.get_run(run_id).info.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status = 'FINISHED'")
+    best = None
+    for child in children:
+        values = [m.value for m in mlflow_client.get_metric_history(child.info.run_id, OBJECTIVE)]
+        if values and (best is None or min(values) < best[0]):
+            best = (min(values), child)
+    if best is None:
+        return
+    from mlflow.entities import Metric, RunTag
+
+    mlflow_client.log_batch(run_id, metrics=[Metric(f"best_{OBJECTIVE}", best[0], int(time.time() * 1000), 0)],
+                            tags=[RunTag("best_run_id", best[1].info.run_id),
+                                  RunTag("best_run_name", best[1].info.run_name)])
+    with contextlib.redirect_stdout(io.StringIO()) as table:  # the figures and the table, logged under compare/
+        compare.main([run_id, "--tracking-uri", tracking_uri, "--out", str(sweep_dir / "compare")])
+    print(table.getvalue(), end="", file=sys.stderr)
 
 
 def _is_search(hydra_cfg) -> bool:

@@ -38,6 +38,24 @@ def test_a_sweep_is_one_parent_with_a_finished_child_per_combination(sweep):
     assert "4 FINISHED" in proc.stderr
 
 
+def test_a_sweep_parent_explains_itself_and_holds_the_comparison_when_the_sweep_ends(sweep):
+    uri, folder, _ = sweep
+    [parent], children = split_runs(uri)
+    client = MlflowClient(uri)
+    assert parent.info.run_name == "sweep 4× tiny 2ep reg×loop"
+    note = parent.data.tags["mlflow.note.content"]
+    assert "python -m src.train -m " in note and "- `reg`: none, l2" in note and "- `loop`: fit, tape" in note
+    params = parent.data.params  # the config every child shares; the swept keys are the children's
+    assert params["model.name"] == "tiny" and params["train.epochs"] == "2" and "reg.name" not in params
+    assert "loop.name" not in params and "mlflow.tracking_uri" not in params
+    best = {c.info.run_id: min(history(client, c.info.run_id, ["val_binary_crossentropy"])["val_binary_crossentropy"])
+            for c in children}
+    assert parent.data.metrics["best_val_binary_crossentropy"] == min(best.values())
+    assert parent.data.tags["best_run_id"] == min(best, key=best.get)
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
+    assert {"compare/overlay_val_binary_crossentropy.png", "compare/table.txt"} <= logged  # before any src.compare
+
+
 def test_compare_draws_and_tables_the_latest_sweep_and_logs_it_on_the_parent(sweep):
     uri, folder, _ = sweep
     out, table_json = folder / "report", folder / "table.json"
