@@ -34,7 +34,7 @@ search:  ## a hyperparameter search with Optuna over reg.l2 (log scale); add e.g
 # to start) and without its usage telemetry, under gunicorn: MLflow's default uvicorn answers each request on a
 # kept-alive connection ~45 ms late here (log_batch 68 ms against 23 ms; see README, "A tracking server").
 MLFLOW_ENV = MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true
-MLFLOW_HTTP = --gunicorn-opts "--timeout 120"
+MLFLOW_HTTP = --gunicorn-opts "--timeout 120 --graceful-timeout 5"
 
 ui:  ## MLflow's UI on http://127.0.0.1:$(PORT) over the project's store
 	$(MLFLOW_ENV) $(PY) -m mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT) $(MLFLOW_HTTP)

@@ -109,7 +109,7 @@ def serve_mlflow(tmp_path, backend_store_uri: str):
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", backend_store_uri, "--serve-artifacts",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--gunicorn-opts", "--timeout 120"],
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--gunicorn-opts", "--timeout 120 --graceful-timeout 5"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
