@@ -37,7 +37,7 @@ MLFLOW_ENV = MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=t
 MLFLOW_HTTP = --gunicorn-opts "--timeout 120 --graceful-timeout 5"
 
 ui:  ## MLflow's UI on http://127.0.0.1:$(PORT) over the project's store
-	$(MLFLOW_ENV) $(PY) -m mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT) $(MLFLOW_HTTP)
+	$(MLFLOW_ENV) $(PY) -m mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT) --workers 2 $(MLFLOW_HTTP)
 
 server:  ## an MLflow tracking server on $(HOST):$(PORT) over $(DB) (else the project's store); artifacts served through it
 	$(MLFLOW_ENV) $(PY) -m mlflow server --backend-store-uri $(or $(DB),$(STORE)) --host $(HOST) --port $(PORT) \
