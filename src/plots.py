@@ -23,8 +23,12 @@ OVERLAY_METRIC = "val_binary_crossentropy"
 
 
 def run_figures(history: Mapping[str, Sequence[float]], title: str) -> Dict[str, Figure]:
-    """One run's loss vs val_loss and accuracy vs val_accuracy per epoch, keyed by artifact path."""
-    return {f"curves/{name}.png": fig for name, fig in curve_figures([history], title).items()}
+    """One run's loss vs val_loss and accuracy vs val_accuracy per epoch, keyed by artifact path: under curves/, and
+    at the artifact root too (`curves_loss.png`), where MLflow's compare page shows runs' files side by side."""
+    figures = {}
+    for name, fig in curve_figures([history], title).items():
+        figures[f"curves/{name}.png"] = figures[f"curves_{name}.png"] = fig
+    return figures
 
 
 def curve_figures(histories: Sequence[History], title: str) -> Dict[str, Figure]:
@@ -138,14 +142,22 @@ def _axes(title: str, ylabel: str) -> Tuple[Figure, "plt.Axes"]:
 
 
 def _finish(ax, drawn: List[np.ndarray]) -> None:
-    """Integer epochs on x; y zoomed on the curves, past the first epochs' spike like the article's ylim."""
+    """Integer epochs on x; y zoomed on the curves, past the first epochs' spike like the article's ylim (said on the
+    axis when it cuts a curve off); the legend where it covers the least, outside the axes when there are many."""
     ax.xaxis.get_major_locator().set_params(integer=True)
     if drawn:
         limits = _limits(drawn)
         if limits is not None:
             ax.set_ylim(*limits)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend()
+            peak = max(float(np.nanmax(d[np.isfinite(d)])) if np.isfinite(d).any() else -np.inf for d in drawn)
+            if peak > limits[1]:
+                ax.set_ylabel(f"{ax.get_ylabel()}  (clipped: first epochs reach {peak:.3g})")
+    handles, _ = ax.get_legend_handles_labels()
+    if len(handles) > 4:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+        ax.figure.tight_layout()
+    elif handles:
+        ax.legend(loc="best")
 
 
 def _limits(drawn: List[np.ndarray]) -> Optional[Tuple[float, float]]:

@@ -57,6 +57,7 @@ def test_metrics_logged_per_epoch_with_consistent_meaning(make_cfg, tracking_uri
     assert "config.yaml" in artifacts
     curves = {a.path for a in client.list_artifacts(result.run_id, "curves")}
     assert curves == {"curves/loss.png", "curves/accuracy.png"}
+    assert {"curves_loss.png", "curves_accuracy.png"} <= artifacts  # at the root, for MLflow's compare page
     assert {d.dataset.digest for d in run.inputs.dataset_inputs} and len(run.inputs.dataset_inputs) == 2
 
 
