@@ -112,9 +112,11 @@ class HydraMlflowCallback(Callback):
             check_remote_launch(config)
             ensure_store(config.mlflow.tracking_uri)
             self._sweep = _SweepParent.start(config)
-        except UserError as exc:
-            # raised, Hydra would only warn and start every job against a broken store or experiment
-            print(exc, file=sys.stderr)
+        except Exception as exc:
+            # raised, Hydra would only warn and start every job against a broken store or experiment, or without
+            # their parent run
+            print(exc if isinstance(exc, UserError) else f"sweep: its parent run could not be made "
+                  f"({type(exc).__name__}: {redact(str(exc).splitlines()[0] if str(exc) else '')})", file=sys.stderr)
             sys.exit(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -249,8 +251,8 @@ class SweepPlan:
             if override.is_sweep_override():
                 try:
                     axes[key] = [str(v) for v in override.sweep_string_iterator()]
-                except Exception:  # an interval: only a search samples it
-                    axes[key] = [override.get_value_element_as_str()]
+                except Exception:  # an interval: only a search samples it, so it is shown as written
+                    axes[key] = [override.input_line.split("=", 1)[1]]
             elif not key.lstrip("+~").startswith(("mlflow.", "hydra")):
                 fixed.append(override.input_line)
         searched = _is_search(config.hydra)

@@ -104,7 +104,8 @@ def test_a_search_prunes_hopeless_trials_and_records_the_best_on_its_parent_run(
     assert parent.data.metrics["best_val_binary_crossentropy"] == best.value
     assert parent.data.metrics["trials_pruned"] == list(states.values()).count("PRUNED")
     assert parent.data.metrics["trials_complete"] + parent.data.metrics["trials_pruned"] == 3
-    assert {k: float(v) for k, v in parent.data.params.items()} == best.params
+    assert {k: float(parent.data.params[k]) for k in best.params} == best.params  # beside the shared config
+    assert parent.info.run_name == "search 3× tiny 4ep reg.l2×train.learning_rate"
     assert parent.data.tags["optuna.best_run_id"] in {r.info.run_id for r in trials}
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
     importances = {"optuna/param_importances.png"} if list(states.values()).count("COMPLETE") >= 2 else set()
