@@ -19,7 +19,6 @@ from src.store import client as store_client
 from src.tracking import _claim
 from src.train import train
 
-CUT = ["reg=dropout", "train.epochs=5", "train.checkpoint_every=1", "data.n_train=1100"]  # epochs end mid-batch
 
 
 def _history(client, run_id):
@@ -36,32 +35,6 @@ def _damage_newest_slot(run):
     npz = folder / newest / "state.npz"
     npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
     return metas[newest], metas[min(metas, key=metas.get)]
-
-
-def test_an_interrupted_run_resumes_into_the_same_run_bit_identically(make_cfg, tracking_uri, caplog):
-    # Ctrl-C in-process (SIGKILL, both loops, is the test below); the newest checkpoint is then damaged,
-    # so the run resumes from the slot before. fit and tape are twins: a fit run is the reference.
-    whole = train(make_cfg("loop=fit", *CUT, "mlflow.experiment_name=whole"))
-    client = MlflowClient(tracking_uri)
-    stop_at = random.Random("tape").randint(1, 3)
-
-    def interrupt(epoch, metrics):  # as a Ctrl-C during the next epoch would, after this one's checkpoint
-        if epoch == stop_at:
-            raise KeyboardInterrupt("test")
-
-    with pytest.raises(RunInterrupted) as stopped:
-        train(make_cfg("loop=tape", *CUT, "mlflow.experiment_name=cut"), on_epoch_end=[interrupt])
-    assert client.get_run(stopped.value.run_id).info.status == "KILLED"
-    assert [a.path for a in client.list_artifacts(stopped.value.run_id, "checkpoint")] == [
-        "checkpoint/a", "checkpoint/b"]
-    assert _damage_newest_slot(client.get_run(stopped.value.run_id)) == (stop_at, stop_at - 1)
-
-    resumed = train(make_cfg("loop=tape", *CUT, "mlflow.experiment_name=cut", "resume=true"))
-    assert resumed.run_id == stopped.value.run_id
-    run = client.get_run(resumed.run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "1" and "error" not in run.data.tags
-    assert _history(client, resumed.run_id) == _history(client, whole.run_id)
-    assert f"is damaged; resuming from slot {'ab'[(stop_at - 1) % 2]} (after epoch {stop_at - 1})" in caplog.text
 
 
 def test_a_run_another_process_holds_is_not_resumed(tracking_uri, make_cfg):
@@ -88,23 +61,41 @@ def _kill_after_epochs(jobs, tmp_path, kill_after):
         time.sleep(0.05)
 
 
-def test_a_tiny_run_killed_with_sigkill_resumes_bit_identically(make_cfg, store_overrides, higgs_file, tmp_path,
-                                                                tracking_uri):
-    # both loops killed in processes of their own, each resumed here; one reference serves both twins
-    tiny = ["model=tiny", "reg=l2_dropout", "train.epochs=16", "train.checkpoint_every=1", "data.n_validation=500",
+def test_a_tiny_run_killed_or_interrupted_resumes_into_the_same_run_bit_identically(
+        make_cfg, store_overrides, higgs_file, tmp_path, tracking_uri, caplog):
+    # both loops killed with SIGKILL in processes of their own, and a tape run interrupted here (Ctrl-C) whose newest
+    # checkpoint is then damaged; each resumed here. fit and tape are twins: one reference serves all three.
+    tiny = ["model=tiny", "reg=l2_dropout", "train.epochs=10", "train.checkpoint_every=1", "data.n_validation=500",
             "data.n_train=9984"]
-    kill_after = {f"cut-{loop}": random.Random(loop).randint(2, 5) for loop in ("fit", "tape")}
+    kill_after = {f"cut-{loop}": random.Random(loop).randint(2, 4) for loop in ("fit", "tape")}
     jobs = {name: _job(tmp_path, name, f"loop={name[4:]}", *tiny, f"data.path={higgs_file}", "quiet=true",
                        "mlflow.log_models=false", *store_overrides, f"mlflow.experiment_name={name}")
             for name in kill_after}
     _kill_after_epochs(jobs, tmp_path, kill_after)
     whole = train(make_cfg("loop=fit", *tiny, "mlflow.experiment_name=whole"))
     client = MlflowClient(tracking_uri)
-    for name in jobs:
-        resumed = train(make_cfg(f"loop={name[4:]}", *tiny, f"mlflow.experiment_name={name}", "resume=true"))
+
+    stop_at = random.Random("ctrl-c").randint(2, 4)
+
+    def interrupt(epoch, metrics):  # as a Ctrl-C during the next epoch would, after this one's checkpoint
+        if epoch == stop_at:
+            raise KeyboardInterrupt("test")
+
+    with pytest.raises(RunInterrupted) as stopped:
+        train(make_cfg("loop=tape", *tiny, "mlflow.experiment_name=ctrl-c"), on_epoch_end=[interrupt])
+    assert client.get_run(stopped.value.run_id).info.status == "KILLED"
+    assert [a.path for a in client.list_artifacts(stopped.value.run_id, "checkpoint")] == [
+        "checkpoint/a", "checkpoint/b"]
+    assert _damage_newest_slot(client.get_run(stopped.value.run_id)) == (stop_at, stop_at - 1)
+
+    for name, loop in [*((name, name[4:]) for name in jobs), ("ctrl-c", "tape")]:
+        resumed = train(make_cfg(f"loop={loop}", *tiny, f"mlflow.experiment_name={name}", "resume=true"))
         run = client.get_run(resumed.run_id)
         assert run.data.tags.get("resumed") == "1" and run.info.status == "FINISHED", name
+        assert "error" not in run.data.tags, name
         assert _history(client, resumed.run_id) == _history(client, whole.run_id), name
+    assert resumed.run_id == stopped.value.run_id
+    assert f"is damaged; resuming from slot {'ab'[(stop_at - 1) % 2]} (after epoch {stop_at - 1})" in caplog.text
 
 
 def _job(tmp_path, name, *overrides):
