@@ -163,3 +163,17 @@ def test_two_workers_share_one_study_and_its_parent_run_and_a_study_resumes_by_n
     assert parent.data.metrics["trials_complete"] + parent.data.metrics["trials_pruned"] == 9
     assert parent.data.metrics["best_val_binary_crossentropy"] == study.best_value
 
+
+
+@pytest.mark.slow
+def test_a_seeded_search_asks_for_the_same_trials_and_gets_the_same_values_again(tmp_path, higgs_file):
+    def study(folder):
+        proc = run_module("src.train", _search_args(folder, higgs_file, "hydra.sweeper.n_trials=3",
+                                                    "hydra.sweeper.study_name=again", f"hydra.sweep.dir={folder}/s"),
+                          cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        trials = optuna.load_study(study_name="again", storage=f"sqlite:///{folder}/optuna.db").trials
+        return [(t.params, t.state.name, t.value, dict(t.intermediate_values)) for t in trials]
+
+    first = study(tmp_path / "one")
+    assert study(tmp_path / "two") == first  # the sampler's seed and bit-identical trials: the same search
