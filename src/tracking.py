@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -184,8 +185,20 @@ class TrackedRun:
 
         self.client.log_batch(self.run_id, tags=[RunTag(key, value) for key, value in tags.items()])
 
-    def log_figure(self, figure, artifact_file: str) -> None:
-        self.client.log_figure(self.run_id, figure, artifact_file)
+    def log_figures(self, figures: Dict[str, Any]) -> None:
+        """Figures keyed by artifact path; a figure under several paths is drawn once (a PNG costs ~0.1 s)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="overfit-lab-figures-") as folder:
+            drawn: Dict[int, Path] = {}
+            for artifact_file, figure in figures.items():
+                if id(figure) not in drawn:
+                    drawn[id(figure)] = Path(folder) / f"{len(drawn)}.png"
+                    figure.savefig(drawn[id(figure)])
+                target = Path(folder) / "log" / artifact_file  # the file's own name, under its artifact folder
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(drawn[id(figure)], target)
+            self.client.log_artifacts(self.run_id, str(Path(folder) / "log"))
 
     def ui_hint(self) -> str:
         """Where to see the run: the tracking server's own UI, or `make ui` over a local store."""

@@ -140,8 +140,7 @@ def train(
                 run.log_model(scoring_model(model, monitor.best_weights), "best_model", step=monitor.best_epoch,
                               example=example, tags={"best_epoch": str(monitor.best_epoch), "monitor": monitor.metric})
         figures = plots.run_figures(run.result.history, name)
-        for artifact_file, figure in figures.items():
-            run.log_figure(figure, artifact_file)
+        run.log_figures(figures)
         plots.close(figures)
     if run.result.status == FINISHED:
         log.info("%s FINISHED. %s", name, run.ui_hint())
