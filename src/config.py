@@ -60,12 +60,14 @@ class Device(str, Enum):
 
 
 class Strategy(str, Enum):
-    """tf.distribute strategy: auto = MirroredStrategy over several devices, else TensorFlow's default."""
+    """tf.distribute strategy: auto = MirroredStrategy over several devices, else TensorFlow's default;
+    multi_worker = MultiWorkerMirroredStrategy over the workers TF_CONFIG (or SLURM's environment) names."""
 
     auto = "auto"
     default = "default"
     one_device = "one_device"
     mirrored = "mirrored"
+    multi_worker = "multi_worker"
 
 
 class LrSchedule(str, Enum):
@@ -147,6 +149,7 @@ class TrainConfig:
     threads: int = MISSING  # TensorFlow's intra/inter-op threads; 0 = all cores
     strategy: Strategy = MISSING
     logical_cpus: int = MISSING  # the CPU split into this many devices (replicas)
+    collective_timeout_seconds: float = MISSING  # multi_worker: how long a worker waits for the others at a step
     checkpoint_every: int = MISSING  # epochs between saved checkpoints; 0: only when interrupted
 
 

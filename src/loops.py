@@ -266,9 +266,14 @@ def run_tape(
         distributed_test_step = tf.function(distributed_test_step, jit_compile=jit, reduce_retracing=True)
 
     model.optimizer = optimizer  # where fit keeps it, so epoch callbacks (a checkpoint) find it alike
+    # Every global batch is cut into per-replica shares by position, and across workers each keeps its
+    # replicas' shares (DATA sharding): worker i feeds what replica i of a one-machine MirroredStrategy would,
+    # so compute_average_loss divides by the same global batch. (AUTO would first try to shard by file.)
+    by_position = tf.data.Options()
+    by_position.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     # One iterator for the whole run, as fit keeps with steps_per_epoch.
-    iterator = iter(strategy.experimental_distribute_dataset(train_ds))
-    val_batches = strategy.experimental_distribute_dataset(val_ds)
+    iterator = iter(strategy.experimental_distribute_dataset(train_ds.with_options(by_position)))
+    val_batches = strategy.experimental_distribute_dataset(val_ds.with_options(by_position))
     bar = tqdm(total=settings.epochs, initial=settings.initial_epoch, unit="epoch", disable=not settings.progress,
                desc=model.name)
     try:

@@ -180,6 +180,10 @@ class TrackedRun:
                 keras.config.enable_interactive_logging()
         return info.model_id
 
+    def log_artifact(self, path: Path, artifact_path: str) -> None:
+        """One local file into the run's artifacts, under `artifact_path`."""
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
     def set_tags(self, tags: Dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -208,6 +212,42 @@ class TrackedRun:
             host = parts.hostname + (f":{parts.port}" if parts.port else "")  # never the credentials
             return f"MLflow run ID {self.run_id}: {parts.scheme}://{host}{parts.path.rstrip('/')}/{page}"
         return f"MLflow run ID {self.run_id}: open it with `make ui`, then http://127.0.0.1:5000/{page}"
+
+
+class UntrackedRun:
+    """TrackedRun's stand-in on a multi-worker cluster's non-chief worker: it keeps the history the loop and
+    early stopping read, and writes nothing anywhere (the chief logs the run)."""
+
+    def __init__(self, run_name: str):
+        self.run_name, self.run_id = run_name, None
+        self.result = RunResult(run_name, FAILED)
+
+    def log_epoch(self, epoch: int, metrics: Dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.result.history.setdefault(key, []).append(float(value))
+
+    def __getattr__(self, name: str):
+        # every other write of TrackedRun (log_artifact, log_model, set_tags, figures...) does nothing here
+        if name.startswith(("log_", "set_")) and callable(getattr(TrackedRun, name, None)):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def ui_hint(self) -> str:
+        return "a non-chief worker: the chief logged the run"
+
+
+@contextmanager
+def untracked_run(cfg: DictConfig, *, run_name: str, **tracked_run_arguments: Any) -> Iterator[UntrackedRun]:
+    """`tracked_run`'s twin for a non-chief worker: the same outcome in `run.result` (an error inside the block
+    is recorded there, not raised), and no contact with the MLflow store at all."""
+    run = UntrackedRun(run_name)
+    try:
+        yield run
+        run.result.status = FINISHED
+    except Exception as exc:
+        if not isinstance(exc, UserError):
+            log.error("%s failed on this worker", run_name, exc_info=exc)
+        run.result.error = store_error_line(exc)
 
 
 @contextmanager

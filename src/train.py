@@ -17,7 +17,7 @@ from src import compat
 from src.config import run_name, validate
 from src.data import load_higgs
 from src.errors import ConfigError, JobFailed, RunInterrupted, UserError, composition_error_line
-from src import checkpoints, search
+from src import checkpoints, runtime, search
 from src.interrupts import handle_interrupts, raise_if_interrupted, signals_blocked
 from src.redaction import RedactedStream, redact, redact_files, redact_log_handlers
 from src.store import DATA_DIGEST_TAG, ensure_store, finished_run_with_digest
@@ -46,12 +46,15 @@ def train(
     """
     validate(cfg)
     cfg = _with_absolute_data_path(cfg)
+    # a multi-worker cluster trains in every worker, and only its chief touches the store
+    chief = runtime.is_chief(cfg)
     # the cheap checks first: config, then data, then the store (importing MLflow takes seconds)
     splits = load_higgs(cfg.data, progress=not cfg.quiet)
     if len(splits.x_train) < cfg.train.batch_size:  # data.n_train=-1: known only now
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: larger than the {len(splits.x_train)} training "
                           "rows: an epoch would have no full step")
-    ensure_store(cfg.mlflow.tracking_uri)
+    if chief:
+        ensure_store(cfg.mlflow.tracking_uri)
     name = run_name(cfg)
     # checkpoints are staged in the job's folder (a copy stays there), else in a temporary one
     staging = output_dir or Path(tempfile.mkdtemp(prefix="overfit-lab-checkpoint-"))
@@ -76,10 +79,10 @@ def train(
     import numpy as np
     import tensorflow as tf
 
-    from src import loops, plots, runtime
+    from src import loops, plots
     from src.data import make_datasets
     from src.models import build_model, scoring_model
-    from src.tracking import dataset_source, tracked_run
+    from src.tracking import dataset_source, tracked_run, untracked_run
 
     strategy, devices = runtime.prepare(cfg)
     steps_per_epoch = len(splits.x_train) // cfg.train.batch_size
@@ -94,7 +97,7 @@ def train(
                                     ("validation", "higgs-val", splits.x_val, splits.y_val)]
     }
     tags = {DATA_DIGEST_TAG: splits.digest(), **runtime.device_tags(strategy, devices), **(extra_tags or {})}
-    with tracked_run(
+    with (tracked_run if chief else untracked_run)(
         cfg, run_name=name, parent_run_id=parent_run_id, overrides=overrides, datasets=datasets,
         output_dir=output_dir, extra_tags=tags,
         resume_run_id=resume.run.info.run_id if resume else None,
@@ -103,7 +106,7 @@ def train(
         log.info("run %s: %s", run.run_id, name)
         checkpointer = checkpoints.Checkpointer(
             cfg.train.checkpoint_every, staging / checkpoints.ARTIFACT_DIR, history=run.result.history,
-            upload=lambda path, artifact_path: run.client.log_artifact(run.run_id, str(path), artifact_path),
+            upload=run.log_artifact,
             resumed_slot=resume.slot if resume else None,
         )
         settings = loops.LoopSettings.from_config(
