@@ -104,8 +104,8 @@ def test_two_workers_train_like_two_replicas_and_only_the_chief_logs(higgs_file,
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "frozen"])
 def test_a_dead_worker_fails_the_chief_within_the_timeout_and_its_run_ends_failed(higgs_file, tmp_path, stop,
                                                                                  store_overrides, tracking_uri):
-    """Killed, its connections close and the chief fails at once; frozen (a machine gone without closing
-    them), the chief's collective gives up after train.collective_timeout_seconds."""
+    """Killed, its connections close and the chief's step fails at once; frozen (a machine gone without
+    closing them), TensorFlow's coordination service misses its heartbeats and aborts the step (~10 s)."""
     base = _base(higgs_file, epochs=1000, n_train=9000)
     chief, other = _start_workers(
         [*base, "train.strategy=multi_worker", f"train.collective_timeout_seconds={COLLECTIVE_TIMEOUT}"],
@@ -181,3 +181,43 @@ def test_the_chief_is_the_chief_task_else_worker_0_else_slurm_rank_0(make_cfg, m
         monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))  # TF_CONFIG wins over SLURM
         assert is_chief(cfg) is chief, (cluster, task)
     assert is_chief(make_cfg("loop=tape")) is True  # any other strategy: the process is its own chief
+
+
+# A worker of make_strategy's cluster: one all-reduce, then (worker 1) alive and heartbeating but away from the next.
+_STALLED_WORKER = """
+import sys, time
+import tensorflow as tf
+from src.runtime import make_strategy
+strategy = make_strategy("multi_worker", "CPU", collective_timeout_seconds=float(sys.argv[2]))
+step = tf.function(lambda: strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("sum", tf.constant(1.0))))
+step()
+if sys.argv[1] == "1":
+    time.sleep(120)
+started = time.monotonic()
+try:
+    step()
+except tf.errors.DeadlineExceededError:
+    print(f"timed out after {time.monotonic() - started:.1f} s")
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow
+def test_a_collective_waiting_for_a_live_but_absent_worker_times_out(tmp_path):
+    """What a kill or a freeze does not show (TensorFlow notices those by themselves): a worker alive but stuck
+    elsewhere fails the others' step after train.collective_timeout_seconds, as make_strategy configures it."""
+    timeout = 8
+    ports = [free_port(), free_port()]
+    workers = [subprocess.Popen([sys.executable, "-c", _STALLED_WORKER, str(index), str(timeout)],
+                                cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, env={**os.environ, "TF_CONFIG": _cluster(ports, index)})
+               for index in (0, 1)]
+    try:
+        out, _ = workers[0].communicate(timeout=300)
+        assert workers[0].returncode == 3, out
+        waited = float(out.split("timed out after ")[1].split(" s")[0])
+        assert timeout <= waited < timeout + 5, out
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
