@@ -14,8 +14,8 @@ from src.regularizers import REGULARIZERS, knobs_on, option_name
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "conf"
 # Keys (and whole sections) that do not change what a run computes: left out of its config digest.
-NON_SEMANTIC_KEYS = ("mlflow", "quiet", "resume", "trial", "train.checkpoint_every", "data.cache_dir",
-                     "data.timeout_seconds")
+NON_SEMANTIC_KEYS = ("mlflow", "quiet", "resume", "trial", "train.checkpoint_every", "train.collective_timeout_seconds",
+                     "data.cache_dir", "data.timeout_seconds")
 ALL_ROWS = -1  # data.n_train's value for "every row after the validation rows"
 
 # Every epoch logs exactly these metrics, for every loop.

@@ -110,6 +110,9 @@ class HydraMlflowCallback(Callback):
         redact_log_handlers()  # before the launcher logs each job's overrides
         try:
             check_remote_launch(config)
+            if config.train.strategy == "multi_worker":  # every worker would start a sweep and a parent run of its own
+                raise ConfigError("train.strategy=multi_worker: one run across the workers, not a sweep; start one "
+                                  "`python -m src.train` (without -m) per worker")
             ensure_store(config.mlflow.tracking_uri)
             self._sweep = _SweepParent.start(config)
         except Exception as exc:

@@ -139,3 +139,13 @@ def test_a_ray_sweep_runs_each_job_in_a_fresh_worker_under_one_parent_and_report
     assert len({r.data.tags["pid"] for r in children}) == 2  # max_calls=1: a fresh worker process per job
     assert "2 FAILED, 2 FINISHED" in proc.stderr and "train.batch_size=5000: larger than data.n_train=1000" \
         in proc.stderr
+
+
+def test_a_multi_worker_sweep_is_refused_before_anything_starts(tmp_path):
+    proc = run_module("src.train", ["-m", "reg=none,l2", "loop=tape", "train.strategy=multi_worker",
+                                    f"hydra.sweep.dir={tmp_path}/s", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"],
+                      cwd=tmp_path)
+    assert proc.returncode == 1
+    [line] = error_lines(proc.stderr)
+    assert line.startswith("train.strategy=multi_worker: one run across the workers, not a sweep")
+    assert not (tmp_path / "m.db").exists()
