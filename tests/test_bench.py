@@ -101,6 +101,7 @@ def test_bench_runs_and_writes_the_table_as_json(higgs_file, tmp_path, capsys):
         assert key in rows and rows[key]["met"] is None, key
 
 
+@pytest.mark.slow
 def test_a_run_that_does_not_finish_stops_the_bench_with_one_line(higgs_file, capsys):
     # lr=1e6 makes the large model's loss NaN in its first epoch: the run ends FAILED
     with pytest.raises(SystemExit) as stopped:

@@ -20,6 +20,7 @@ ERROR_LINE = re.compile(r"store stopped taking writes \((?P<why>[^)]*)\); run (?
                         r"its metrics from epoch (?P<epoch>\d+) on are kept in (?P<file>\S+)$")
 
 
+@pytest.mark.slow
 def test_concurrent_first_opens_of_a_new_store_never_corrupt_it(tmp_path):
     """Three commands starting at once on a store nobody has created yet (MLflow's first open does not lock)."""
     uri = f"sqlite:///{tmp_path}/new/mlflow.db"

@@ -65,8 +65,8 @@ def test_a_tiny_run_killed_or_interrupted_resumes_into_the_same_run_bit_identica
         make_cfg, store_overrides, higgs_file, tmp_path, tracking_uri, caplog):
     # both loops killed with SIGKILL in processes of their own, and a tape run interrupted here (Ctrl-C) whose newest
     # checkpoint is then damaged; each resumed here. fit and tape are twins: one reference serves all three.
-    tiny = ["model=tiny", "reg=l2_dropout", "train.epochs=10", "train.checkpoint_every=1", "data.n_validation=500",
-            "data.n_train=9984"]
+    tiny = ["model=tiny", "reg=l2_dropout", "train.epochs=9", "train.checkpoint_every=1", "data.n_validation=500",
+            "data.n_train=6000"]
     kill_after = {f"cut-{loop}": random.Random(loop).randint(2, 4) for loop in ("fit", "tape")}
     jobs = {name: _job(tmp_path, name, f"loop={name[4:]}", *tiny, f"data.path={higgs_file}", "quiet=true",
                        "mlflow.log_models=false", *store_overrides, f"mlflow.experiment_name={name}")

@@ -1,6 +1,9 @@
 """One real `python -m src.train -m reg=none,l2 loop=fit,tape` sweep, checked by what train and compare promise."""
 
+import fcntl
 import json
+import os
+from types import SimpleNamespace
 
 import pytest
 from mlflow import MlflowClient
@@ -13,16 +16,28 @@ from tests.helpers import expected_stats, history, run_module, split_runs
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, higgs_file):
-    """The article's 2x2 sweep on the tiny model, 2 epochs, in its own store; (tracking URI, folder, process)."""
-    folder = tmp_path_factory.mktemp("sweep")
-    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
-    proc = run_module("src.train", [
-        "-m", "reg=none,l2", "loop=fit,tape", "model=tiny", "train.epochs=2", f"data.path={higgs_file}",
-        "data.n_validation=500", "data.n_train=1000", "quiet=true", "mlflow.log_models=false", f"hydra.sweep.dir={folder}/sweep",
-        f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={folder}/mlruns/artifacts",
-    ], cwd=folder)
+    """The article's 2x2 sweep on the tiny model, 2 epochs, in its own store; (tracking URI, folder, process).
+
+    Run once per test session: pytest-xdist workers that get these tests share it through a lock (worksteal would
+    otherwise run it on each worker, ~22 s apiece)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # this session's folder, above the workers' own
+    folder = shared / "cli-sweep"
+    with open(shared / "cli-sweep.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "proc.json").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            proc = run_module("src.train", [
+                "-m", "reg=none,l2", "loop=fit,tape", "model=tiny", "train.epochs=2", f"data.path={higgs_file}",
+                "data.n_validation=500", "data.n_train=1000", "quiet=true", "mlflow.log_models=false",
+                f"hydra.sweep.dir={folder}/sweep", f"mlflow.tracking_uri=sqlite:///{folder}/mlruns/mlflow.db",
+                f"mlflow.artifact_location={folder}/mlruns/artifacts",
+            ], cwd=folder)
+            (folder / "proc.json").write_text(json.dumps({"returncode": proc.returncode, "stderr": proc.stderr}))
+    proc = SimpleNamespace(**json.loads((folder / "proc.json").read_text()))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return uri, folder, proc
+    return f"sqlite:///{folder}/mlruns/mlflow.db", folder, proc
 
 
 def test_a_sweep_is_one_parent_with_a_finished_child_per_combination(sweep):
