@@ -14,6 +14,7 @@ recognised and the other one resumed from.
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -166,16 +167,21 @@ class StateReader:
         groups = [[v for v in self.variables if _dtype(v) == d] for d in self.dtypes]
         self.pack = tf.function(lambda: [tf.concat([tf.reshape(tf.convert_to_tensor(v), [-1]) for v in g], 0)
                                          for g in groups])
+        # each variable's place in its buffer, as plain ints, worked out once. numpy must not see a TensorShape
+        # while training runs: a Ctrl-C landing inside numpy's look at it was swallowed there, and the epoch then
+        # failed with a TypeError instead of ending the run KILLED (seen in CI)
+        self.layout = []
+        offsets = dict.fromkeys(self.dtypes, 0)
+        for v in self.variables:
+            shape = tuple(int(d) for d in v.shape)
+            size = math.prod(shape)
+            self.layout.append((_dtype(v), offsets[_dtype(v)], size, shape))
+            offsets[_dtype(v)] += size
 
     def read(self):
         """(model values, optimizer values): numpy views into fresh buffers, in variable order."""
         buffers = dict(zip(self.dtypes, (t.numpy() for t in self.pack())))
-        offsets = dict.fromkeys(self.dtypes, 0)
-        values = []
-        for v in self.variables:
-            name, size = _dtype(v), int(np.prod(v.shape))
-            values.append(buffers[name][offsets[name]:offsets[name] + size].reshape(v.shape))
-            offsets[name] += size
+        values = [buffers[name][start:start + size].reshape(shape) for name, start, size, shape in self.layout]
         return values[:self.n_model], values[self.n_model:]
 
 

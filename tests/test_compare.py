@@ -11,6 +11,7 @@ from src.train import train
 from tests.helpers import expected_stats
 
 
+@pytest.mark.slow  # three seeds trained (~7 s): the default suite keeps its 150 s budget
 def test_seed_groups_show_mean_and_std(make_cfg, tracking_uri, tmp_path, capsys):
     client = MlflowClient(tracking_uri)
     client.search_experiments()  # creates the store

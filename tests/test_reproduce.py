@@ -149,6 +149,7 @@ def test_logged_values_are_type_checked_against_todays_schema(make_cfg):
     assert dropped == {"loop.include_reg_loss": True}
 
 
+@pytest.mark.slow  # a sweep trained and reproduced (~7 s): the default suite keeps its 150 s budget
 def test_reproduce_sweep_puts_every_child_under_a_new_parent(make_cfg, tracking_uri, capsys):
     client = MlflowClient(tracking_uri)
     client.search_experiments()  # creates the store
