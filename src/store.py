@@ -127,8 +127,8 @@ def _refuse_half_migrated(db: Path) -> None:
     """A store an interrupted migration left with Alembic's temporary tables fails every later run: say so."""
     if not db.exists():
         return
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+    try:  # read-write: a writer killed mid-transaction leaves a hot journal that only a writer can roll back
+        with sqlite3.connect(f"file:{db}?mode=rw", uri=True) as connection:
             leftovers = [row[0] for row in connection.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '\\_alembic\\_tmp\\_%' ESCAPE '\\'"
             )]

@@ -45,6 +45,30 @@ def test_half_migrated_store_is_refused_in_one_line(tmp_path):
         ensure_store(f"sqlite:///{tmp_path}/text.db")
 
 
+def test_a_store_whose_writer_was_killed_mid_transaction_takes_the_next_run(tmp_path, make_cfg):
+    """`kill -9` during a write leaves a hot journal beside the store; the next run rolls it back and goes on."""
+    from src.train import train
+
+    db = tmp_path / "killed" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    ensure_store(uri)
+    writer = subprocess.Popen([sys.executable, "-c", f"""
+import sqlite3, time
+connection = sqlite3.connect({str(db)!r}, isolation_level=None)
+connection.execute('PRAGMA cache_size=1')  # spill to the file, so the journal is on disk and synced
+connection.execute('BEGIN IMMEDIATE')
+connection.execute("INSERT INTO experiment_tags (key, value, experiment_id) VALUES ('k', zeroblob(1000000), 0)")
+print('writing', flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "writing\n"
+    writer.kill()
+    writer.wait()
+    assert db.with_name("mlflow.db-journal").stat().st_size > 0  # the hot journal a killed writer leaves
+    result = train(make_cfg("train.epochs=1", f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={tmp_path}/art"))
+    assert MlflowClient(uri).get_run(result.run_id).info.status == "FINISHED"
+
+
 def _start_training(tmp_path, higgs_file, *extra):
     """A long tiny-model run in its own process, its store, artifacts and output folder under tmp_path."""
     args = [
