@@ -30,6 +30,21 @@ EPOCH_METRICS = (
     "learning_rate",
     "epoch_seconds",
 )
+# Metrics about the machine, not the model: MLflow's system metrics and each epoch's wall time, which the runs
+# log as `system/epoch_seconds` (the UI's "System metrics" tab). Never reproducible: reproduce and resume skip them.
+SYSTEM_PREFIX = "system/"
+
+
+def store_metric_name(key: str) -> str:
+    """The name an epoch metric is logged under in MLflow (the loops' `epoch_seconds` is a system metric)."""
+    return SYSTEM_PREFIX + key if key == "epoch_seconds" else key
+
+
+def is_system_metric(key: str) -> bool:
+    """A logged metric about the machine (`epoch_seconds`: how runs before the system/ prefix logged it)."""
+    return key.startswith(SYSTEM_PREFIX) or key == "epoch_seconds"
+
+
 # What train.early_stopping.monitor may name (and which way is better).
 HIGHER_IS_BETTER = ("accuracy", "val_accuracy")
 MONITORABLE = ("loss", "val_loss", "binary_crossentropy", "val_binary_crossentropy", *HIGHER_IS_BETTER)
@@ -113,6 +128,14 @@ class TapeLoopConfig(LoopConfig):
 
 # loop option -> its schema (conf/loop/<option>.yaml extends `<option>_schema`).
 LOOP_SCHEMAS: Dict[str, type] = {"fit": LoopConfig, "tape": TapeLoopConfig}
+# What a loop does for the keys other loops have, logged as its params so every run has the same param keys
+# (the UI's compare view reads a missing param as "unknown"): fit always adds the layers' penalties to what it
+# minimizes, and always runs compiled.
+IMPLIED_LOOP_PARAMS: Dict[str, Dict[str, object]] = {"fit": {"include_reg_loss": True, "compile": True}}
+# the class names of tf.distribute strategies, as the `train.strategy` option that makes each one
+STRATEGY_OPTIONS = {"_DefaultDistributionStrategy": "default", "OneDeviceStrategy": "one_device",
+                    "MirroredStrategy": "mirrored", "CollectiveAllReduceStrategy": "multi_worker",
+                    "MultiWorkerMirroredStrategy": "multi_worker"}
 
 
 @dataclass
@@ -160,6 +183,8 @@ class MlflowConfig:
     artifact_location: Optional[str] = MISSING
     retry_seconds: float = MISSING
     log_models: bool = MISSING  # the final and the best model of every run, in the Keras flavor
+    system_metrics: bool = MISSING  # MLflow's system metrics (CPU, memory, disk, network; GPU where present)
+    system_metrics_seconds: float = MISSING  # how often they are sampled (and logged)
 
 
 @dataclass
@@ -269,6 +294,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.train.logical_cpus >= 1, "train.logical_cpus", "must be at least 1")
     need(bool(cfg.mlflow.experiment_name.strip()), "mlflow.experiment_name", "must not be empty")
     need(cfg.mlflow.retry_seconds >= 0, "mlflow.retry_seconds", "must be 0 (no retry) or positive")
+    need(cfg.mlflow.system_metrics_seconds >= 0.1, "mlflow.system_metrics_seconds", "must be at least 0.1")
 
 
 def run_name(cfg: DictConfig) -> str:

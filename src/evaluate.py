@@ -122,7 +122,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from src import plots
 
-    tags = {EVALUATED_RUN_TAG: args.run_id, EVALUATED_MODEL_TAG: args.model,
+    from src.tracking import source_tags
+
+    tags = {**source_tags("src.evaluate"), EVALUATED_RUN_TAG: args.run_id, EVALUATED_MODEL_TAG: args.model,
             "mlflow.note.content": f"{args.model} of run {args.run_id} scored on {described} of {store.redact(source)}"}
     new = client.create_run(run.info.experiment_id, run_name=name, tags=tags)
     client.log_batch(new.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in values.items()],

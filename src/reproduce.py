@@ -32,7 +32,6 @@ from src.tracking import FAILED, FINISHED, KILLED
 from src.verdict import (
     DIFFERS,
     IDENTICAL,
-    IGNORED_METRICS,
     SEVERITY,
     VERDICT_TAG,
     WITHIN_TOLERANCE,
@@ -254,7 +253,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description=(
             "Re-run a tracked run from its logged config.yaml artifact (not from today's defaults), log a new run "
             f"tagged {REPRODUCED_FROM_TAG}=RUN_ID, and compare every metric's per-epoch history with the original's "
-            f"step by step ({', '.join(IGNORED_METRICS)} excepted). The verdict is printed and logged on the new run "
+            "step by step (system metrics such as epoch_seconds excepted). The verdict is printed and logged on the new run "
             f"(tags {VERDICT_TAG}, reproduction_first_difference, reproduction_max_abs_diff; "
             f"artifact {VERDICT_ARTIFACT})."
         ),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 from omegaconf import DictConfig
 
 from src import compat
+from src.config import STRATEGY_OPTIONS
 from src.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -185,7 +186,8 @@ def device_tags(strategy: tf.distribute.Strategy, devices: List[str]) -> Dict[st
     """What the run actually used, as MLflow tags."""
     return {
         "devices": ",".join(devices),
-        "strategy": type(strategy).__name__,
+        # as the train.strategy option that makes it: "default" rather than `_DefaultDistributionStrategy`
+        "strategy": STRATEGY_OPTIONS.get(type(strategy).__name__, type(strategy).__name__),
         "replicas": str(strategy.num_replicas_in_sync),
     }
 

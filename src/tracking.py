@@ -17,7 +17,15 @@ from urllib.parse import urlsplit
 from omegaconf import DictConfig, OmegaConf
 
 from src import compat
-from src.config import PROJECT_ROOT, semantic_part, to_plain
+from src.config import (
+    IMPLIED_LOOP_PARAMS,
+    LOOP_SCHEMAS,
+    PROJECT_ROOT,
+    is_system_metric,
+    semantic_part,
+    store_metric_name,
+    to_plain,
+)
 from src.errors import NonFiniteLossError, RunInterrupted, TrackingError, UserError
 from src.interrupts import signals_blocked
 from src.liveness import Heartbeat, process_tags, reap_dead_runs
@@ -50,7 +58,10 @@ def config_digest(cfg: DictConfig) -> str:
 
 
 def flat_params(cfg: DictConfig) -> Dict[str, str]:
-    """The resolved config as `section.key` params, without the tracking settings and a trial's identity (tags)."""
+    """The resolved config as `section.key` params, without the tracking settings and a trial's identity (tags);
+    a loop's params include what it does for the keys only other loops have (IMPLIED_LOOP_PARAMS)."""
+    from dataclasses import fields
+
     params: Dict[str, str] = {}
 
     def walk(prefix: str, node: Any) -> None:
@@ -60,7 +71,11 @@ def flat_params(cfg: DictConfig) -> Dict[str, str]:
         else:
             params[prefix[:-1]] = redact(str(node))
 
-    walk("", {key: value for key, value in to_plain(cfg).items() if key not in ("mlflow", "trial")})
+    plain = {key: value for key, value in to_plain(cfg).items() if key not in ("mlflow", "trial")}
+    implied = IMPLIED_LOOP_PARAMS.get(cfg.loop.name, {})
+    other_keys = {f.name for schema in LOOP_SCHEMAS.values() for f in fields(schema)} - set(plain["loop"])
+    plain["loop"] = {**plain["loop"], **{key: implied[key] for key in sorted(other_keys) if key in implied}}
+    walk("", plain)
     return params
 
 
@@ -80,6 +95,18 @@ def git_state() -> Dict[str, str]:
         "mlflow.source.git.commit": commit or "unknown",
         "git_dirty": "unknown" if dirty is None else str(bool(dirty)).lower(),
     }
+
+
+def source_tags(command: str) -> Dict[str, str]:
+    """What MLflow's UI shows as a run's Source, its User and its git commit: `command` is `src.train`, ..."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry and no $USER
+        user = f"uid {os.getuid()}"
+    return {"mlflow.source.name": f"python -m {command}", "mlflow.source.type": "LOCAL", "mlflow.user": user,
+            **git_state()}
 
 
 def software_versions() -> Dict[str, str]:
@@ -137,7 +164,7 @@ class TrackedRun:
         for key, value in metrics.items():
             self.result.history.setdefault(key, []).append(float(value))
         if epoch not in self.already_logged:
-            self.writer.submit(epoch, metrics)
+            self.writer.submit(epoch, {store_metric_name(key): value for key, value in metrics.items()})
         self.result.write_seconds.append(time.perf_counter() - started)
 
     def continue_history(self, history: Dict[str, List[float]]) -> None:
@@ -145,14 +172,15 @@ class TrackedRun:
         epochs the store already has (a run killed after its checkpoint logged a few more)."""
         from src.store import metric_histories
 
-        logged = metric_histories(self.client, self.client.get_run(self.run_id))
+        run = self.client.get_run(self.run_id)  # system metrics count samples, not epochs: left out
+        logged = metric_histories(self.client, run, [key for key in run.data.metrics if not is_system_metric(key)])
         self.already_logged = {step for steps in logged.values() for step in steps}
         for epoch in range(len(next(iter(history.values()), []))):
             metrics = {key: values[epoch] for key, values in history.items()}
             for key, value in metrics.items():
                 self.result.history.setdefault(key, []).append(float(value))
             if epoch not in self.already_logged:
-                self.writer.submit(epoch, metrics)
+                self.writer.submit(epoch, {store_metric_name(key): value for key, value in metrics.items()})
 
     def log_model(self, model, name: str, *, step: int, example, tags: Optional[Dict[str, str]] = None) -> str:
         """A Keras model in MLflow's Keras flavor (with a signature and `example` rows as its input example), linked
@@ -280,10 +308,7 @@ def tracked_run(
     mlflow_client = client(uri)
     tags = {
         DIGEST_TAG: config_digest(cfg),
-        "loop": cfg.loop.name,
-        "reg": cfg.reg.name,
-        "model": cfg.model.name,
-        **git_state(),
+        **source_tags("src.train"),
         **software_versions(),
         **process_tags(),
         **(extra_tags or {}),
@@ -295,7 +320,7 @@ def tracked_run(
         reap_dead_runs(mlflow_client, exp_id)  # runs whose process was killed (kill -9, out of memory) end FAILED
     except MlflowException as exc:
         raise TrackingError(f"mlflow.tracking_uri={redact(uri)}: cannot start a run ({store_error_line(exc)})") from None
-    run_id = writer = heartbeat = None
+    run_id = writer = heartbeat = system_metrics = None
     status = RunStatus.FAILED
     try:
         try:
@@ -308,6 +333,9 @@ def tracked_run(
         writer = MetricWriter(mlflow_client, run_id, uri, cfg.mlflow.retry_seconds, output_dir)
         tracked = TrackedRun(uri, run_id, exp_id, run_name, writer, client=mlflow_client)
         heartbeat = Heartbeat(mlflow_client, run_id)
+        if cfg.mlflow.system_metrics:
+            system_metrics = _start_system_metrics(run_id, uri, cfg.mlflow.system_metrics_seconds,
+                                                   resumed=resume_run_id is not None)
         try:
             if resume_run_id is None:
                 _log_inputs(mlflow_client, run_id, cfg, overrides, datasets)
@@ -342,12 +370,34 @@ def tracked_run(
         with signals_blocked():  # a second Ctrl-C must not leave the run RUNNING
             if heartbeat is not None:
                 heartbeat.stop()
+            if system_metrics is not None:
+                _stop_system_metrics(system_metrics)
             if writer is not None:
                 writer.abandon()
             # a store known to be gone was reported already; trying costs nothing
             broken = writer is not None and bool(writer.broken)
             if run_id is not None:
                 _quietly(mlflow_client.set_terminated, run_id, RunStatus.to_string(status), quiet=broken)
+
+
+def _start_system_metrics(run_id: str, uri: str, seconds: float, *, resumed: bool):
+    """MLflow's sampler of CPU, memory, disk and network (GPU where present) for the run, on a thread of its own."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # it says "started" and "stopped" at INFO
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=seconds, resume_logging=resumed, tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def _stop_system_metrics(monitor, timeout: float = 5.0) -> None:
+    """Stop the sampler and log what it holds, waiting at most `timeout` s: its last look at the run goes to the
+    store, and a store that stopped answering must not hold the run's end up."""
+    import threading
+
+    stopper = threading.Thread(target=monitor.finish, name="stop-system-metrics", daemon=True)
+    stopper.start()
+    stopper.join(timeout)
 
 
 def _claim(mlflow_client, run_id: str, tags: Dict[str, str]) -> str:
@@ -382,7 +432,10 @@ def _log_inputs(mlflow_client, run_id: str, cfg: DictConfig, overrides, datasets
     mlflow_client.log_batch(run_id, params=[Param(key, value) for key, value in flat_params(cfg).items()])
     mlflow_client.log_text(run_id, redact(OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg)))), CONFIG_ARTIFACT)
     if overrides is not None:
-        mlflow_client.log_text(run_id, redact(OmegaConf.to_yaml(OmegaConf.create(list(overrides)))), OVERRIDES_ARTIFACT)
+        # as typed on a command line: a sweep's job gets them with Hydra's escapes (`sqlite\:///...`), which a
+        # single run does not need for a colon
+        readable = [override.replace("\\:", ":") for override in overrides]
+        mlflow_client.log_text(run_id, redact(OmegaConf.to_yaml(OmegaConf.create(readable))), OVERRIDES_ARTIFACT)
     log_datasets(mlflow_client, run_id, datasets)
 
 

@@ -6,11 +6,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig
 
+from src.config import STRATEGY_OPTIONS, is_system_metric
 from src.store import CONFIG_ARTIFACT, DATA_DIGEST_TAG, DIGEST_TAG, Histories
 from src.tracking import config_digest, git_state
 
-# Wall-clock time is never reproducible; every other logged metric must be.
-IGNORED_METRICS = ("epoch_seconds",)
 VERDICT_TAG = "reproduction_verdict"
 IDENTICAL, WITHIN_TOLERANCE, DIFFERS = "identical", "within_tolerance", "differs"
 SEVERITY = (IDENTICAL, WITHIN_TOLERANCE, DIFFERS)  # from best to worst
@@ -63,7 +62,7 @@ class Verdict:
     new_metrics: List[str] = field(default_factory=list)  # logged by the reproduction only: code newer than the run
 
     def summary(self) -> str:
-        scope = f"{self.n_metrics} metrics x {self.n_steps} epochs, {', '.join(IGNORED_METRICS)} ignored"
+        scope = f"{self.n_metrics} metrics x {self.n_steps} epochs, system metrics ignored"
         if self.new_metrics:
             scope += f"; not in the original: {', '.join(self.new_metrics)}"
         if self.status == IDENTICAL:
@@ -87,8 +86,9 @@ def compare_histories(
 
     A metric only the reproduction logged (one added to the code since the original ran) is listed, not compared.
     """
-    keys = [k for k in original if k not in IGNORED_METRICS]
-    new_metrics = sorted(k for k in reproduced if k not in original and k not in IGNORED_METRICS)
+    # wall-clock time and the machine's load are never reproducible; every other logged metric must be
+    keys = [k for k in original if not is_system_metric(k)]
+    new_metrics = sorted(k for k in reproduced if k not in original and not is_system_metric(k))
     rank = {key: i for i, key in enumerate(order)}
     keys.sort(key=lambda k: (rank.get(k, len(rank)), k))
     steps = sorted({s for k in keys for h in (original, reproduced) for s in h.get(k, {})})
@@ -161,7 +161,9 @@ def environment_warnings(
 
 def runtime_warnings(original, reproduced) -> List[str]:
     """Devices or distribution strategy (tags logged by the run) that differ from the original's."""
-    then, now = original.data.tags, reproduced.data.tags
+    then, now = dict(original.data.tags), reproduced.data.tags
+    if "strategy" in then:  # runs before the tag took the option's name logged the class's
+        then["strategy"] = STRATEGY_OPTIONS.get(then["strategy"], then["strategy"])
     return [
         f"{tag} differs: original {then[tag]}, now {now.get(tag, 'unknown')}"
         for tag in RUNTIME_TAGS

@@ -10,6 +10,7 @@ from typing import Dict, List, Sequence
 
 from mlflow import MlflowClient
 
+from src.config import store_metric_name
 from src.store import ensure_store, is_sweep_parent, metric_histories
 
 EXPERIMENT = "overfit-and-underfit"
@@ -78,8 +79,9 @@ def split_runs(tracking_uri: str):
 
 def history(client, run_id: str, keys: Sequence[str]) -> Dict[str, List[float]]:
     """Each metric's values in step order (the project's one history reader underneath)."""
-    by_step = metric_histories(client, client.get_run(run_id), keys)
-    return {key: [steps[s] for s in sorted(steps)] for key, steps in by_step.items()}
+    by_step = metric_histories(client, client.get_run(run_id), [store_metric_name(key) for key in keys])
+    in_order = {key: [steps[s] for s in sorted(steps)] for key, steps in by_step.items()}
+    return {key: in_order[store_metric_name(key)] for key in keys}
 
 
 def expected_stats(client, run_id: str) -> Dict[str, float]:

@@ -38,7 +38,7 @@ def test_two_replicas_match_one_for_fit_and_tape_with_and_without_l2(higgs_file,
         tags_one, history_one = one[name]
         tags_two, history_two = two[name]
         assert (tags_one["replicas"], tags_two["replicas"]) == ("1", "2")
-        assert tags_two["strategy"] == "MirroredStrategy"
+        assert tags_two["strategy"] == "mirrored"
         assert tags_two["devices"] == "/device:CPU:0,/device:CPU:1"
         for key in KEYS:
             assert history_two[key] == pytest.approx(history_one[key], abs=TOLERANCE), (name, key)

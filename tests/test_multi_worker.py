@@ -77,7 +77,7 @@ def test_two_workers_train_like_two_replicas_and_only_the_chief_logs(higgs_file,
     (run,) = all_runs(tracking_uri)  # exactly one run, the chief's
     assert run.info.status == "FINISHED"
     # MultiWorkerMirroredStrategy's class is TensorFlow's CollectiveAllReduceStrategy; the devices are the cluster's
-    assert (run.data.tags["strategy"], run.data.tags["replicas"]) == ("CollectiveAllReduceStrategy", "2")
+    assert (run.data.tags["strategy"], run.data.tags["replicas"]) == ("multi_worker", "2")
     assert run.data.tags["devices"] == ("/job:worker/replica:0/task:0/device:CPU:0,"
                                         "/job:worker/replica:0/task:1/device:CPU:0")
     assert run.data.params["train.strategy"] == "multi_worker"

@@ -119,8 +119,11 @@ def test_missing_store_is_an_error(tmp_path, capsys):
 
 
 def test_compare_histories_finds_first_difference_and_tolerates():
-    original = {"loss": {0: 1.0, 1: 0.5}, "val_loss": {0: 1.1, 1: 0.6}, "epoch_seconds": {0: 1.0, 1: 2.0}}
-    assert compare_histories(original, {**original, "epoch_seconds": {0: 3.0, 1: 4.0}}).status == "identical"
+    original = {"loss": {0: 1.0, 1: 0.5}, "val_loss": {0: 1.1, 1: 0.6}, "epoch_seconds": {0: 1.0, 1: 2.0},
+                "system/epoch_seconds": {0: 1.0, 1: 2.0}, "system/cpu_utilization_percentage": {0: 50.0}}
+    timing = {"epoch_seconds": {0: 3.0, 1: 4.0}, "system/epoch_seconds": {0: 3.0, 1: 4.0},
+              "system/cpu_utilization_percentage": {0: 99.0, 1: 98.0}}
+    assert compare_histories(original, {**original, **timing}).status == "identical"
     changed = {**original, "val_loss": {0: 1.1, 1: 0.6 + 1e-7}, "loss": {0: 1.0, 1: 0.5 + 1e-3}}
     verdict = compare_histories(original, changed, order=("val_loss", "loss"))
     assert verdict.status == "differs"
@@ -194,8 +197,9 @@ def test_runtime_and_dataset_differences_are_warned():
         return NS(data=NS(tags=tags), inputs=NS(dataset_inputs=inputs))
 
     original = run({"devices": "/cpu:0", "strategy": "_DefaultDistributionStrategy"}, {"training": "a", "validation": "b"})
-    same = run(dict(original.data.tags), {"training": "a", "validation": "b"})
+    # a run from before the strategy tag took the option's name is the same strategy as "default" now
+    same = run({**original.data.tags, "strategy": "default"}, {"training": "a", "validation": "b"})
     assert runtime_warnings(original, same) == [] and dataset_warnings(original, same) == []
-    moved = run({"devices": "/gpu:0,/gpu:1", "strategy": "MirroredStrategy"}, {"training": "c", "validation": "b"})
+    moved = run({"devices": "/gpu:0,/gpu:1", "strategy": "mirrored"}, {"training": "c", "validation": "b"})
     assert [w.split(":")[0] for w in runtime_warnings(original, moved)] == ["devices differs", "strategy differs"]
     assert dataset_warnings(original, moved) == ["dataset digest differs (training): original a, now c: the data changed"]

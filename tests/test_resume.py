@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import pytest
 from mlflow import MlflowClient
 
-from src.config import PROJECT_ROOT
+from src.config import PROJECT_ROOT, is_system_metric
 from src.errors import RunInterrupted, TrackingError
 from src.store import client as store_client
 from src.tracking import _claim
@@ -22,7 +22,7 @@ from src.train import train
 
 
 def _history(client, run_id):
-    keys = [k for k in client.get_run(run_id).data.metrics if k != "epoch_seconds"]
+    keys = [k for k in client.get_run(run_id).data.metrics if not is_system_metric(k)]
     return {k: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)]
             for k in keys}
 

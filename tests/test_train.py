@@ -7,7 +7,7 @@ import tensorflow as tf
 from mlflow import MlflowClient
 
 from src import loops, runtime
-from src.config import group_options
+from src.config import group_options, store_metric_name
 from src.data import load_higgs, make_datasets
 from src.loops import EPOCH_METRICS
 from src.models import build_model
@@ -19,7 +19,8 @@ REGS = group_options("reg")
 
 def _history(client, run_id):
     return {
-        key: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+        key: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, store_metric_name(key)),
+                                                key=lambda m: m.step)]
         for key in EPOCH_METRICS
     }
 

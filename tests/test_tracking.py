@@ -1,0 +1,57 @@
+"""What a run shows in MLflow besides its curves: the same params for every loop, tags the UI reads, system metrics."""
+
+import getpass
+
+import yaml
+from mlflow import MlflowClient
+
+from src.config import group_options
+from src.tracking import MetricWriter, TrackedRun, flat_params
+from src.train import train
+
+
+def test_every_loop_logs_the_same_param_keys_and_fit_says_what_it_does(make_cfg):
+    params = {loop: flat_params(make_cfg(f"loop={loop}")) for loop in group_options("loop")}
+    keys = {loop: set(p) for loop, p in params.items()}
+    assert all(k == keys["tape"] for k in keys.values()), keys
+    # fit always minimizes the layers' penalties and always runs compiled
+    assert (params["fit"]["loop.include_reg_loss"], params["fit"]["loop.compile"]) == ("True", "True")
+    assert flat_params(make_cfg("loop=tape", "loop.include_reg_loss=false"))["loop.include_reg_loss"] == "False"
+
+
+def test_a_run_shows_its_source_user_and_readable_tags_and_samples_the_machine(make_cfg, tracking_uri, tmp_path):
+    escaped = f"mlflow.artifact_location={tmp_path}/mlruns/artifacts".replace(":", "\\:")  # as a sweep's job gets it
+    result = train(make_cfg("train.epochs=3", "mlflow.system_metrics_seconds=0.1"), overrides=[escaped, "seed=0"])
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(result.run_id)
+    tags = run.data.tags
+    assert (tags["mlflow.source.name"], tags["mlflow.source.type"]) == ("python -m src.train", "LOCAL")
+    assert tags["mlflow.user"] == getpass.getuser() and len(tags["mlflow.source.git.commit"]) == 40
+    assert not {"loop", "reg", "model"} & set(tags)  # they only repeated params
+    assert tags["strategy"] == "default"
+    # each epoch's wall time sits with the machine's metrics, and only there
+    timing = client.get_metric_history(result.run_id, "system/epoch_seconds")
+    assert sorted(m.step for m in timing) == [0, 1, 2] and "epoch_seconds" not in run.data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
+    overrides = yaml.safe_load(open(client.download_artifacts(result.run_id, "overrides.yaml", str(tmp_path))))
+    assert overrides == [f"mlflow.artifact_location={tmp_path}/mlruns/artifacts", "seed=0"]
+
+    quiet = train(make_cfg("train.epochs=3", "mlflow.system_metrics=false", "mlflow.system_metrics_seconds=0.1"))
+    assert [k for k in client.get_run(quiet.run_id).data.metrics if k.startswith("system/")] == ["system/epoch_seconds"]
+
+
+def test_resume_counts_epochs_from_the_epoch_metrics_not_the_machine_samples(tracking_uri, tmp_path):
+    """System metrics are logged once per sample (steps 0, 1, 2...): a resumed run must not take them for epochs."""
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri)
+    run_id = client.create_run(client.create_experiment("resume")).info.run_id
+    client.log_batch(run_id, metrics=[Metric("loss", 1.0, 0, epoch) for epoch in range(2)]
+                     + [Metric("system/cpu_utilization_percentage", 50.0, 0, sample) for sample in range(30)])
+    writer = MetricWriter(client, run_id, tracking_uri, retry_seconds=0, spill_dir=tmp_path)
+    run = TrackedRun(tracking_uri, run_id, "0", "resumed", writer, client=client)
+    run.continue_history({"loss": [1.0, 1.0, 0.5, 0.25], "epoch_seconds": [1.0] * 4})
+    writer.flush()
+    writer.abandon()
+    assert [m.step for m in sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)] == [0, 1, 2, 3]
+    assert sorted(m.step for m in client.get_metric_history(run_id, "system/epoch_seconds")) == [2, 3]
