@@ -36,7 +36,7 @@ def test_a_run_shows_its_source_user_and_readable_tags_and_samples_the_machine(m
     overrides = yaml.safe_load(open(client.download_artifacts(result.run_id, "overrides.yaml", str(tmp_path))))
     assert overrides == [f"mlflow.artifact_location={tmp_path}/mlruns/artifacts", "seed=0"]
 
-    quiet = train(make_cfg("train.epochs=3", "mlflow.system_metrics=false", "mlflow.system_metrics_seconds=0.1"))
+    quiet = train(make_cfg("train.epochs=2", "mlflow.system_metrics=false", "mlflow.system_metrics_seconds=0.1"))
     assert [k for k in client.get_run(quiet.run_id).data.metrics if k.startswith("system/")] == ["system/epoch_seconds"]
 
 
