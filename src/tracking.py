@@ -105,7 +105,7 @@ def source_tags(command: str) -> Dict[str, str]:
         user = getpass.getuser()
     except (KeyError, OSError):  # a container's uid with no passwd entry and no $USER
         user = f"uid {os.getuid()}"
-    return {"mlflow.source.name": f"python -m {command}", "mlflow.source.type": "LOCAL", "mlflow.user": user,
+    return {"mlflow.source.name": command, "mlflow.source.type": "LOCAL", "mlflow.user": user,
             **git_state()}
 
 

@@ -25,7 +25,7 @@ def test_a_run_shows_its_source_user_and_readable_tags_and_samples_the_machine(m
     client = MlflowClient(tracking_uri)
     run = client.get_run(result.run_id)
     tags = run.data.tags
-    assert (tags["mlflow.source.name"], tags["mlflow.source.type"]) == ("python -m src.train", "LOCAL")
+    assert (tags["mlflow.source.name"], tags["mlflow.source.type"]) == ("src.train", "LOCAL")
     assert tags["mlflow.user"] == getpass.getuser() and len(tags["mlflow.source.git.commit"]) == 40
     assert not {"loop", "reg", "model"} & set(tags)  # they only repeated params
     assert tags["strategy"] == "default"
