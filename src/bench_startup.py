@@ -70,6 +70,12 @@ def _log_times(log_file: Path) -> List[tuple]:
     return out
 
 
+def epoch_seconds_key(run) -> str:
+    """The name a run logged its epochs' wall time under: `system/epoch_seconds`, or `epoch_seconds` before that."""
+    return next((key for key in ("system/epoch_seconds", "epoch_seconds") if key in run.data.metrics),
+                "system/epoch_seconds")
+
+
 def measure_startup(overrides: Sequence[str], tracking_uri: str, workdir: Path) -> Dict[str, Any]:
     """Process start to the first training step of a fresh `python -m src.train` (1 epoch)."""
     from mlflow import MlflowClient
@@ -101,7 +107,7 @@ def measure_startup(overrides: Sequence[str], tracking_uri: str, workdir: Path) 
     # No hook in the loops is needed: epoch 0's metrics are stamped right after the epoch,
     # so its first step began at that timestamp minus its epoch_seconds (to within the
     # millisecond resolution of MLflow timestamps and the moment before the log call).
-    (point,) = client.get_metric_history(run.info.run_id, "epoch_seconds")
+    (point,) = client.get_metric_history(run.info.run_id, epoch_seconds_key(run))
     epoch_end = point.timestamp / 1000.0
     first_step = epoch_end - point.value
     # Every line of the job's log before the first step, with its time since start: a

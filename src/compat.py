@@ -94,3 +94,31 @@ def optuna_trial(study, trial_id: int):
     import optuna
 
     return optuna.trial.Trial(study, trial_id)
+
+
+# What Keras imports at its own import and this project never uses from Keras: its scikit-learn wrappers
+# (scikit-learn, and SciPy with it) and its image gallery (matplotlib). Keras tries each, and leaves it out when missing.
+KERAS_OPTIONAL_IMPORTS = ("sklearn", "matplotlib")
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow and Keras without the optional modules Keras imports for features this project never uses.
+
+    Keras 3 tries `import sklearn` (its `keras.wrappers`) and `import matplotlib.pyplot` (its
+    `keras.visualization`) when it is imported; they took ~0.7 s of the start-up here. Marked as
+    missing while TensorFlow imports, Keras leaves those two features out for this process, and
+    both modules import normally afterwards (the curve figures, `src.evaluate`'s ROC). Nothing
+    happens if TensorFlow is imported already.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    blocked = [name for name in KERAS_OPTIONAL_IMPORTS if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # the import system's "not installed": Keras catches the ImportError
+    try:
+        import keras  # noqa: F401  (imports TensorFlow: the backend)
+        import tensorflow  # noqa: F401
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
