@@ -127,3 +127,66 @@ def measure_startup(overrides: Sequence[str], tracking_uri: str, workdir: Path) 
         "phases_since_start_seconds": phases,
         "method": "parent's clock just before Popen -> (epoch 0 metric timestamp - epoch 0 epoch_seconds)",
     }
+
+
+SWEEP_EXPERIMENT = "bench-sweep"
+SWEEP_AXES = ("reg=none,l2", "loop=fit,tape")  # the README's sweep: 4 runs
+
+
+def measure_sweep(overrides: Sequence[str], tracking_uri: str, workdir: Path, epochs: int) -> Dict[str, Any]:
+    """Wall time of the README's sweep (`-m reg=none,l2 loop=fit,tape`) in a fresh process, and where it went.
+
+    Each job's overhead is what is outside its epochs: its run's end minus its start minus its
+    epoch_seconds, plus the gap since the previous run ended (Hydra's job set-up, the datasets and
+    the model); the first job's gap is the process's start-up instead.
+    """
+    from mlflow import MlflowClient
+
+    from src.store import PARENT_TAG
+
+    sweep_dir = workdir / "sweep"
+    cmd = [sys.executable, "-m", "src.train", "-m", *SWEEP_AXES, *overrides, f"train.epochs={epochs}",
+           f"mlflow.experiment_name={SWEEP_EXPERIMENT}", f"hydra.sweep.dir={sweep_dir}"]
+    before = time.time()
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    wall = time.time() - before
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-20:])
+        raise RuntimeError(f"sweep failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(SWEEP_EXPERIMENT)
+    parent = client.search_runs([experiment.experiment_id], filter_string="tags.sweep = 'true'",
+                                order_by=["attributes.start_time DESC"], max_results=1)[0]
+    children = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
+                                  order_by=["attributes.start_time ASC"])
+    jobs, previous_end = [], before
+    for child in children:
+        points = client.get_metric_history(child.info.run_id, epoch_seconds_key(child))
+        epoch_seconds = [p.value for p in sorted(points, key=lambda p: p.step)]
+        start, end = child.info.start_time / 1000.0, child.info.end_time / 1000.0
+        steady = sorted(epoch_seconds[1:])[len(epoch_seconds[1:]) // 2] if len(epoch_seconds) > 1 else None
+        jobs.append({
+            "run_name": child.info.run_name,
+            "status": child.info.status,
+            "epochs": len(epoch_seconds),
+            "sum_epoch_seconds": sum(epoch_seconds),
+            "before_run_seconds": start - previous_end,  # the first job: process start-up
+            "in_run_outside_epochs_seconds": end - start - sum(epoch_seconds),
+            "first_epoch_extra_seconds": None if steady is None else epoch_seconds[0] - steady,  # tracing
+        })
+        previous_end = end
+    for job in jobs:
+        job["overhead_seconds"] = job["before_run_seconds"] + job["in_run_outside_epochs_seconds"]
+    later = sorted(job["overhead_seconds"] for job in jobs[1:])
+    return {
+        "command": " ".join(cmd),
+        "epochs": epochs,
+        "wall_seconds": wall,
+        "sum_epoch_seconds": sum(job["sum_epoch_seconds"] for job in jobs),
+        "after_last_run_seconds": before + wall - previous_end,  # the parent's comparison, the summary, exit
+        "jobs": jobs,
+        "median_job_overhead_seconds": later[len(later) // 2] if later else None,  # jobs after the first
+        "method": "wall: parent's clock around the whole `python -m src.train -m ...`; per job: MLflow run start/end "
+                  "times and epoch_seconds",
+    }
