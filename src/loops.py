@@ -179,6 +179,10 @@ def run_fit(
             loss=make_loss(),
             metrics=make_metrics(),
             jit_compile=settings.jit_compile,
+            # the whole epoch in one call into the runtime (a tf.while_loop over the iterator), as the tape loop
+            # does: Keras's per-step Python work and host syncs were a tenth of the epoch. Exactly the epoch's
+            # steps: Keras runs whole executions, so steps_per_execution must divide steps_per_epoch.
+            steps_per_execution=settings.steps_per_epoch,
         )
         if settings.restore is not None:
             model.optimizer.build(model.trainable_variables)  # fit would build it at the first step
@@ -258,12 +262,31 @@ def run_tape(
     def distributed_test_step(x, y):
         strategy.run(test_step, args=(x, y))
 
+    jit = cfg.compile and settings.jit_compile
+    if jit:  # XLA on the step only: the iterator ops around it cannot be compiled
+        distributed_train_step = tf.function(distributed_train_step, jit_compile=True, reduce_retracing=True)
+        distributed_test_step = tf.function(distributed_test_step, jit_compile=True, reduce_retracing=True)
+
+    def run_epoch(iterator, val_batches):
+        """One epoch: reset the metrics, `steps_per_epoch` steps from the run's iterator, the validation pass."""
+        for metric in (train_loss, val_loss, *train_metrics, *val_metrics):
+            metric.reset_state()
+        # Compiled, this is one tf.while_loop: the whole epoch is one call into the runtime, as fit's
+        # steps_per_execution makes it, instead of a Python call and a host sync per step.
+        for _ in tf.range(settings.steps_per_epoch):
+            x, y = next(iterator)
+            distributed_train_step(x, y)
+        for x, y in val_batches:
+            distributed_test_step(x, y)
+        results = {train_loss.name: train_loss.result(), val_loss.name: val_loss.result()}
+        results.update({m.name: m.result() for m in train_metrics})
+        results.update({f"val_{m.name}": m.result() for m in val_metrics})
+        return results
+
     # Fresh functions per call: a tf.function that has created variables for one
     # model/optimizer must not be reused with another (sequential multiruns).
     if cfg.compile:
-        jit = settings.jit_compile
-        distributed_train_step = tf.function(distributed_train_step, jit_compile=jit, reduce_retracing=True)
-        distributed_test_step = tf.function(distributed_test_step, jit_compile=jit, reduce_retracing=True)
+        run_epoch = tf.function(run_epoch)
 
     model.optimizer = optimizer  # where fit keeps it, so epoch callbacks (a checkpoint) find it alike
     # Every global batch is cut into per-replica shares by position, and across workers each keeps its
@@ -279,17 +302,7 @@ def run_tape(
     try:
         for epoch in range(settings.initial_epoch, settings.epochs):
             started = time.perf_counter()
-            for metric in (train_loss, val_loss, *train_metrics, *val_metrics):
-                metric.reset_state()
-            for _ in range(settings.steps_per_epoch):
-                x, y = next(iterator)
-                distributed_train_step(x, y)
-            for x, y in val_batches:
-                distributed_test_step(x, y)
-            metrics = {train_loss.name: train_loss.result(), val_loss.name: val_loss.result()}
-            metrics.update({m.name: m.result() for m in train_metrics})
-            metrics.update({f"val_{m.name}": m.result() for m in val_metrics})
-            metrics = {key: float(value) for key, value in metrics.items()}
+            metrics = {key: float(value) for key, value in run_epoch(iterator, val_batches).items()}
             metrics["epoch_seconds"] = time.perf_counter() - started
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", val_loss=f"{metrics['val_loss']:.4f}")
