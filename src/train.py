@@ -138,11 +138,13 @@ def train(
         if cfg.mlflow.log_models:
             example = np.asarray(splits.x_val[:5])
             last_epoch = len(run.result.history["loss"]) - 1
-            run.log_model(scoring_model(model), "model", step=last_epoch, example=example,
-                          tags={"weights": "best epoch" if monitor.restore_best else "last epoch"})
-            if monitor.best_epoch is not None:
-                run.log_model(scoring_model(model, monitor.best_weights), "best_model", step=monitor.best_epoch,
-                              example=example, tags={"best_epoch": str(monitor.best_epoch), "monitor": monitor.metric})
+            with compat.serving_input_check_skipped():  # it reloads each model just saved: ~0.45 s a model
+                run.log_model(scoring_model(model), "model", step=last_epoch, example=example,
+                              tags={"weights": "best epoch" if monitor.restore_best else "last epoch"})
+                if monitor.best_epoch is not None:
+                    run.log_model(scoring_model(model, monitor.best_weights), "best_model", step=monitor.best_epoch,
+                                  example=example, tags={"best_epoch": str(monitor.best_epoch),
+                                                         "monitor": monitor.metric})
         figures = plots.run_figures(run.result.history, name)
         run.log_figures(figures)
         plots.close(figures)

@@ -90,3 +90,17 @@ def test_the_whole_sweep_is_off_unless_asked_for():
     assert bench.parse_args([]).sweep is False
     args = bench.parse_args(["--sweep", "--sweep-epochs", "3"])
     assert args.sweep is True and args.sweep_epochs == 3
+
+
+def test_mlflows_serving_input_check_is_skipped_inside_the_block_only():
+    import inspect
+
+    import mlflow.models.utils as model_utils
+
+    from src import compat
+
+    check = model_utils._validate_serving_input
+    assert list(inspect.signature(check).parameters) == ["model_uri", "serving_input"]  # what Model.log passes
+    with compat.serving_input_check_skipped():
+        assert model_utils._validate_serving_input("runs:/none/model", "{}") is None
+    assert model_utils._validate_serving_input is check
