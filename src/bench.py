@@ -177,12 +177,13 @@ def build_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         runs = len(sw["jobs"])
         key = "sweep_wall_seconds" if sw["epochs"] == README_SWEEP_EPOCHS else "sweep_wall_seconds_fewer_epochs"
         add(key, f"whole sweep: {runs} runs x {sw['epochs']} epochs, wall", sw["wall_seconds"],
-            f"{sw['wall_seconds']:.1f} s (epochs {sw['sum_epoch_seconds']:.1f} s)")
+            f"{sw['wall_seconds']:.1f} s (epochs {sw['sum_epoch_seconds']:.1f} s, between them "
+            f"{sw['between_epochs_seconds']:.1f} s)")
         ideal = runs * sw["epochs"] * results["bound_seconds"] + (sw["startup_seconds"] or 0.0)
         add("sweep_over_ideal", f"whole sweep / ({runs * sw['epochs']} x bound + start-up)", sw["wall_seconds"] / ideal,
             f"{sw['wall_seconds'] / ideal:.2f} (of {ideal:.1f} s)")
         if sw["median_job_overhead_seconds"] is not None:
-            add("sweep_job_overhead_seconds", "sweep: per job outside its epochs (median)",
+            add("sweep_job_overhead_seconds", "sweep: per-job overhead (median of jobs after the first)",
                 sw["median_job_overhead_seconds"], f"{sw['median_job_overhead_seconds']:.2f} s")
     rss = results["peak_rss_mib"]
     add("peak_rss_mib", "peak RSS, bench process", rss["self"], f"{rss['self']:.0f} MiB")
@@ -219,13 +220,15 @@ def format_report(results: Dict[str, Any]) -> str:
                   f"{s['start_to_first_epoch_end_seconds']:.2f} s"]
     if results.get("sweep"):
         sw = results["sweep"]
-        lines += ["", f"whole sweep: {sw['method']}; per job (outside epochs = before its run + in its run; first-epoch "
-                  "extra over the median epoch = tracing):"]
+        lines += ["", f"whole sweep: {sw['method']}; per job: overhead = before its run + its run's start to its "
+                  "first epoch + its last epoch to its run's end; between epochs (grows with them); its first epoch "
+                  "over its median one (tracing):"]
         for job in sw["jobs"]:
             extra = job["first_epoch_extra_seconds"]
-            lines.append(f"  {job['run_name']:<16} {job['status']:<8} epochs {job['sum_epoch_seconds']:7.1f} s  outside "
+            lines.append(f"  {job['run_name']:<16} {job['status']:<8} epochs {job['sum_epoch_seconds']:7.1f} s  overhead "
                          f"{job['overhead_seconds']:5.2f} s = {job['before_run_seconds']:.2f} + "
-                         f"{job['in_run_outside_epochs_seconds']:.2f}  first-epoch extra "
+                         f"{job['run_to_first_epoch_seconds'] or 0:.2f} + {job['after_last_epoch_seconds'] or 0:.2f}  "
+                         f"between epochs {job['between_epochs_seconds']:.2f} s  first epoch +"
                          f"{'-' if extra is None else f'{extra:.2f} s'}")
         lines.append(f"  after the last run: {sw['after_last_run_seconds']:.2f} s (the parent's comparison, exit)")
     load_end = results.get("load_average_end")

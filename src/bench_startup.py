@@ -136,9 +136,11 @@ SWEEP_AXES = ("reg=none,l2", "loop=fit,tape")  # the README's sweep: 4 runs
 def measure_sweep(overrides: Sequence[str], tracking_uri: str, workdir: Path, epochs: int) -> Dict[str, Any]:
     """Wall time of the README's sweep (`-m reg=none,l2 loop=fit,tape`) in a fresh process, and where it went.
 
-    Each job's overhead is what is outside its epochs: its run's end minus its start minus its
-    epoch_seconds, plus the gap since the previous run ended (Hydra's job set-up, the datasets and
-    the model); the first job's gap is the process's start-up instead.
+    A job's overhead is its time outside its epochs that does not grow with them: the gap since
+    the previous run ended (Hydra's job set-up, the datasets, the model; for the first job, the
+    process's start-up and the sweep's parent run), its run's start to its first epoch, and its
+    last epoch to its run's end (models, figures). The gaps between its epochs (callbacks,
+    checkpoints) are counted apart: they grow with the epochs.
     """
     from mlflow import MlflowClient
 
@@ -162,31 +164,38 @@ def measure_sweep(overrides: Sequence[str], tracking_uri: str, workdir: Path, ep
                                   order_by=["attributes.start_time ASC"])
     jobs, previous_end = [], before
     for child in children:
-        points = client.get_metric_history(child.info.run_id, epoch_seconds_key(child))
-        epoch_seconds = [p.value for p in sorted(points, key=lambda p: p.step)]
-        start, end = child.info.start_time / 1000.0, child.info.end_time / 1000.0
-        steady = sorted(epoch_seconds[1:])[len(epoch_seconds[1:]) // 2] if len(epoch_seconds) > 1 else None
-        jobs.append({
+        # each epoch's metrics are stamped as the epoch ends: it began epoch_seconds before
+        points = sorted(client.get_metric_history(child.info.run_id, epoch_seconds_key(child)), key=lambda p: p.step)
+        seconds = [p.value for p in points]
+        ends = [p.timestamp / 1000.0 for p in points]
+        starts = [end - value for end, value in zip(ends, seconds)]
+        run_start, run_end = child.info.start_time / 1000.0, child.info.end_time / 1000.0
+        steady = sorted(seconds[1:])[len(seconds[1:]) // 2] if len(seconds) > 1 else None
+        job = {
             "run_name": child.info.run_name,
             "status": child.info.status,
-            "epochs": len(epoch_seconds),
-            "sum_epoch_seconds": sum(epoch_seconds),
-            "before_run_seconds": start - previous_end,  # the first job: process start-up
-            "in_run_outside_epochs_seconds": end - start - sum(epoch_seconds),
-            "first_epoch_extra_seconds": None if steady is None else epoch_seconds[0] - steady,  # tracing
-        })
-        previous_end = end
-    for job in jobs:
-        job["overhead_seconds"] = job["before_run_seconds"] + job["in_run_outside_epochs_seconds"]
+            "epochs": len(seconds),
+            "sum_epoch_seconds": sum(seconds),
+            "before_run_seconds": run_start - previous_end,  # the first job: the process's start-up
+            "run_to_first_epoch_seconds": starts[0] - run_start if points else None,
+            "between_epochs_seconds": sum(b - a for a, b in zip(ends, starts[1:])),
+            "after_last_epoch_seconds": run_end - ends[-1] if points else None,
+            "first_epoch_extra_seconds": None if steady is None else seconds[0] - steady,  # tracing
+        }
+        job["overhead_seconds"] = job["before_run_seconds"] + (job["run_to_first_epoch_seconds"] or 0.0) + (
+            job["after_last_epoch_seconds"] or 0.0)
+        jobs.append(job)
+        previous_end = run_end
     later = sorted(job["overhead_seconds"] for job in jobs[1:])
     return {
         "command": " ".join(cmd),
         "epochs": epochs,
         "wall_seconds": wall,
         "sum_epoch_seconds": sum(job["sum_epoch_seconds"] for job in jobs),
+        "between_epochs_seconds": sum(job["between_epochs_seconds"] for job in jobs),
         "after_last_run_seconds": before + wall - previous_end,  # the parent's comparison, the summary, exit
         "jobs": jobs,
         "median_job_overhead_seconds": later[len(later) // 2] if later else None,  # jobs after the first
         "method": "wall: parent's clock around the whole `python -m src.train -m ...`; per job: MLflow run start/end "
-                  "times and epoch_seconds",
+                  "times, epoch_seconds and their timestamps",
     }

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
+
 from src.bench_startup import epoch_seconds_key
 from src.config import PROJECT_ROOT
 
@@ -45,8 +47,8 @@ def _bench_results(sweep_epochs: int):
             "median_log_epoch_seconds": 0.0005, "checkpoint_share": 0.01, "median_checkpoint_seconds": 0.004,
             "median_checkpoint_write_seconds": 0.001}
     job = {"run_name": "fit-none-large", "status": "FINISHED", "epochs": sweep_epochs, "sum_epoch_seconds": 40.0,
-           "before_run_seconds": 0.3, "in_run_outside_epochs_seconds": 0.5, "first_epoch_extra_seconds": 1.0,
-           "overhead_seconds": 0.8}
+           "before_run_seconds": 0.3, "run_to_first_epoch_seconds": 0.1, "after_last_epoch_seconds": 0.4,
+           "between_epochs_seconds": 1.5, "first_epoch_extra_seconds": 1.0, "overhead_seconds": 0.8}
     return {
         "machine": {"cores": 2, "cpu": "x", "tensorflow": "t", "keras": "k", "python": "p", "intra_op_threads": 0,
                     "inter_op_threads": 0, "TF_ENABLE_ONEDNN_OPTS": None},
@@ -58,7 +60,7 @@ def _bench_results(sweep_epochs: int):
         "ratios": {"tape_over_fit": 1.0},
         "startup": {"start_to_first_step_seconds": 6.0, "start_to_first_epoch_end_seconds": 8.0,
                     "phases_since_start_seconds": {}, "method": "m"},
-        "sweep": {"epochs": sweep_epochs, "wall_seconds": 250.0, "sum_epoch_seconds": 160.0, "startup_seconds": 6.0,
+        "sweep": {"epochs": sweep_epochs, "wall_seconds": 250.0, "sum_epoch_seconds": 160.0, "between_epochs_seconds": 6.0, "startup_seconds": 6.0,
                   "jobs": [dict(job, overhead_seconds=7.0), job, job, job], "median_job_overhead_seconds": 0.8,
                   "after_last_run_seconds": 1.0, "method": "m"},
         "peak_rss_mib": {"self": 900.0, "startup_child": None},
@@ -104,3 +106,23 @@ def test_mlflows_serving_input_check_is_skipped_inside_the_block_only():
     with compat.serving_input_check_skipped():
         assert model_utils._validate_serving_input("runs:/none/model", "{}") is None
     assert model_utils._validate_serving_input is check
+
+
+@pytest.mark.slow  # ~40 s: a 4-run sweep in a fresh process
+def test_the_bench_times_a_whole_sweep_and_where_each_job_spent_it(higgs_file, capsys):
+    from src import bench
+
+    results = bench.main(["--model", "tiny", "--epochs", "1", "--warmup", "0", "--no-include-eager", "--no-startup",
+                          "--matmul-repeats", "1", "--matmul-seconds", "0.01", "--data", str(higgs_file),
+                          "--n-train", "2000", "--sweep", "--sweep-epochs", "3", "data.n_validation=500"])
+    sweep = results["sweep"]
+    assert [job["run_name"] for job in sweep["jobs"]] == ["fit-none-tiny", "tape-none-tiny", "fit-l2-tiny",
+                                                           "tape-l2-tiny"]
+    for job in sweep["jobs"]:
+        assert job["status"] == "FINISHED" and job["epochs"] == 3
+        parts = (job["before_run_seconds"], job["run_to_first_epoch_seconds"], job["after_last_epoch_seconds"])
+        assert all(-0.01 < part < 120 for part in parts), job  # timestamps are to the millisecond
+        assert job["overhead_seconds"] == pytest.approx(sum(parts))
+    inside = sweep["sum_epoch_seconds"] + sweep["between_epochs_seconds"]
+    assert inside + sum(job["overhead_seconds"] for job in sweep["jobs"]) < sweep["wall_seconds"]
+    assert "whole sweep: 4 runs x 3 epochs, wall" in capsys.readouterr().out
