@@ -84,6 +84,23 @@ def loop(option: str) -> Callable[[Loop], Loop]:
     return register
 
 
+# Most training steps one call into the runtime runs. A call is where Python regains control (a Ctrl-C or
+# SIGTERM is raised between calls, not inside one), so a 21,000-step epoch of the full HIGGS must not be one
+# call; 50 steps already spread the ~1.5 ms a call costs over the steps to under 0.1 ms each.
+MAX_STEPS_PER_CALL = 50
+# fit with steps_per_execution > 1 under MirroredStrategy; open since February 2024
+KERAS_MULTI_STEP_ISSUE = "keras-team/keras#19246"
+
+
+def steps_per_call(steps_per_epoch: int) -> int:
+    """Training steps per call into the runtime: the largest divisor of the epoch's steps up to MAX_STEPS_PER_CALL.
+
+    A divisor because fit runs whole executions of `steps_per_execution` steps (another number would train past
+    the epoch's end); the tape loop makes the same calls.
+    """
+    return max(d for d in range(1, min(steps_per_epoch, MAX_STEPS_PER_CALL) + 1) if steps_per_epoch % d == 0)
+
+
 def make_loss() -> keras.losses.Loss:
     """The tutorial's loss on logits."""
     return keras.losses.BinaryCrossentropy(from_logits=True)
@@ -173,16 +190,18 @@ def run_fit(
     model: keras.Model, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, cfg: DictConfig, settings: LoopSettings
 ) -> None:
     """Keras `model.fit`, which adds `sum(model.losses)` to the objective by itself."""
+    replicas = settings.strategy.num_replicas_in_sync
     with settings.strategy.scope():
         model.compile(
             optimizer=make_optimizer(settings),
             loss=make_loss(),
             metrics=make_metrics(),
             jit_compile=settings.jit_compile,
-            # the whole epoch in one call into the runtime (a tf.while_loop over the iterator), as the tape loop
-            # does: Keras's per-step Python work and host syncs were a tenth of the epoch. Exactly the epoch's
-            # steps: Keras runs whole executions, so steps_per_execution must divide steps_per_epoch.
-            steps_per_execution=settings.steps_per_epoch,
+            # many steps per call into the runtime (a tf.while_loop over the iterator), as the tape loop makes
+            # them: Keras's per-step Python work and host syncs were a tenth of fit's epoch. Not with several
+            # replicas: Keras's multi-step function then fails ("You must feed a value for placeholder
+            # tensor", KERAS_MULTI_STEP_ISSUE).
+            steps_per_execution=steps_per_call(settings.steps_per_epoch) if replicas == 1 else 1,
         )
         if settings.restore is not None:
             model.optimizer.build(model.trainable_variables)  # fit would build it at the first step
@@ -267,15 +286,16 @@ def run_tape(
         distributed_train_step = tf.function(distributed_train_step, jit_compile=True, reduce_retracing=True)
         distributed_test_step = tf.function(distributed_test_step, jit_compile=True, reduce_retracing=True)
 
-    def run_epoch(iterator, val_batches):
-        """One epoch: reset the metrics, `steps_per_epoch` steps from the run's iterator, the validation pass."""
-        for metric in (train_loss, val_loss, *train_metrics, *val_metrics):
-            metric.reset_state()
-        # Compiled, this is one tf.while_loop: the whole epoch is one call into the runtime, as fit's
+    def train_steps(iterator, steps):
+        """`steps` training steps from the run's iterator."""
+        # Compiled, this is one tf.while_loop: one call into the runtime for many steps, as fit's
         # steps_per_execution makes it, instead of a Python call and a host sync per step.
-        for _ in tf.range(settings.steps_per_epoch):
+        for _ in tf.range(steps):
             x, y = next(iterator)
             distributed_train_step(x, y)
+
+    def validate(val_batches):
+        """The validation pass, then every metric's result for the epoch."""
         for x, y in val_batches:
             distributed_test_step(x, y)
         results = {train_loss.name: train_loss.result(), val_loss.name: val_loss.result()}
@@ -286,7 +306,9 @@ def run_tape(
     # Fresh functions per call: a tf.function that has created variables for one
     # model/optimizer must not be reused with another (sequential multiruns).
     if cfg.compile:
-        run_epoch = tf.function(run_epoch)
+        train_steps, validate = tf.function(train_steps), tf.function(validate)
+    per_call = steps_per_call(settings.steps_per_epoch)  # fit's steps_per_execution
+    calls, per_call = settings.steps_per_epoch // per_call, tf.constant(per_call)
 
     model.optimizer = optimizer  # where fit keeps it, so epoch callbacks (a checkpoint) find it alike
     # Every global batch is cut into per-replica shares by position, and across workers each keeps its
@@ -302,7 +324,11 @@ def run_tape(
     try:
         for epoch in range(settings.initial_epoch, settings.epochs):
             started = time.perf_counter()
-            metrics = {key: float(value) for key, value in run_epoch(iterator, val_batches).items()}
+            for metric in (train_loss, val_loss, *train_metrics, *val_metrics):
+                metric.reset_state()
+            for _ in range(calls):
+                train_steps(iterator, per_call)
+            metrics = {key: float(value) for key, value in validate(val_batches).items()}
             metrics["epoch_seconds"] = time.perf_counter() - started
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", val_loss=f"{metrics['val_loss']:.4f}")
