@@ -194,6 +194,7 @@ def reproduce_sweep(
     new_parent = create_parent_run(
         tracking_uri, parent.info.experiment_id, name=f"reproduce {parent.info.run_name}",
         overrides=[parent.data.tags.get(SWEEP_OVERRIDES_TAG, "")], tags={REPRODUCED_FROM_TAG: parent_id},
+        command="src.reproduce",
     )
     print(f"reproducing {len(children)} runs of sweep {parent_id} under new parent run {new_parent}", file=sys.stderr)
     outcomes: List[Outcome] = []

@@ -16,7 +16,7 @@ from src.liveness import HEARTBEAT_TAG, dead_reason, process_tags
 from src.redaction import redact, redact_files, redact_log_handlers
 from src.store import PARENT_TAG, SWEEP_OVERRIDES_TAG, SWEEP_TAG, client, ensure_store, experiment_id
 from src.interrupts import signals_blocked
-from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, git_state
+from src.tracking import FAILED, FINISHED, KILLED, SKIPPED, source_tags
 
 PARENT_RUN_FILE = "mlflow_parent_run.json"
 JOB_RESULT_FILE = "job_result.json"
@@ -48,14 +48,15 @@ class JobResult:
 
 
 def create_parent_run(
-    tracking_uri: str, exp_id: str, *, name: str, overrides: Sequence[str], tags: Optional[Dict[str, str]] = None
+    tracking_uri: str, exp_id: str, *, name: str, overrides: Sequence[str], tags: Optional[Dict[str, str]] = None,
+    command: str = "src.train",
 ) -> str:
     """A sweep's parent run, tagged sweep=true with its overrides (passwords masked); returns its ID."""
     identity = {k: v for k, v in process_tags().items() if k != HEARTBEAT_TAG}  # its jobs beat, not the parent
     all_tags = {
         SWEEP_TAG: "true",
         SWEEP_OVERRIDES_TAG: redact(" ".join(overrides))[:5000],
-        **git_state(),
+        **source_tags(command),
         **identity,
         **(tags or {}),
     }

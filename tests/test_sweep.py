@@ -63,6 +63,7 @@ def test_a_sweep_parent_explains_itself_and_holds_the_comparison_when_the_sweep_
     params = parent.data.params  # the config every child shares; the swept keys are the children's
     assert params["model.name"] == "tiny" and params["train.epochs"] == "2" and "reg.name" not in params
     assert "loop.name" not in params and "mlflow.tracking_uri" not in params
+    assert parent.data.tags["mlflow.source.name"] == "src.train" and parent.data.tags["mlflow.user"]
     best = {c.info.run_id: min(history(client, c.info.run_id, ["val_binary_crossentropy"])["val_binary_crossentropy"])
             for c in children}
     assert parent.data.metrics["best_val_binary_crossentropy"] == min(best.values())
