@@ -93,10 +93,10 @@ KERAS_MULTI_STEP_ISSUE = "keras-team/keras#19246"
 
 
 def steps_per_call(steps_per_epoch: int) -> int:
-    """Training steps per call into the runtime: the largest divisor of the epoch's steps up to MAX_STEPS_PER_CALL.
+    """fit's steps per call into the runtime: the largest divisor of the epoch's steps up to MAX_STEPS_PER_CALL.
 
     A divisor because fit runs whole executions of `steps_per_execution` steps (another number would train past
-    the epoch's end); the tape loop makes the same calls.
+    the epoch's end).
     """
     return max(d for d in range(1, min(steps_per_epoch, MAX_STEPS_PER_CALL) + 1) if steps_per_epoch % d == 0)
 
@@ -197,8 +197,9 @@ def run_fit(
             loss=make_loss(),
             metrics=make_metrics(),
             jit_compile=settings.jit_compile,
-            # many steps per call into the runtime (a tf.while_loop over the iterator), as the tape loop makes
-            # them: Keras's per-step Python work and host syncs were a tenth of fit's epoch. Not with several
+            # many steps per call into the runtime (a tf.while_loop over the iterator): Keras's per-step Python
+            # work and host syncs were a tenth of fit's epoch. (The tape loop has little per-step work; the same
+            # while loop made its epoch ~10 % slower, so it keeps one call per step.) Not with several
             # replicas: Keras's multi-step function then fails ("You must feed a value for placeholder
             # tensor", KERAS_MULTI_STEP_ISSUE).
             steps_per_execution=steps_per_call(settings.steps_per_epoch) if replicas == 1 else 1,
@@ -281,34 +282,12 @@ def run_tape(
     def distributed_test_step(x, y):
         strategy.run(test_step, args=(x, y))
 
-    jit = cfg.compile and settings.jit_compile
-    if jit:  # XLA on the step only: the iterator ops around it cannot be compiled
-        distributed_train_step = tf.function(distributed_train_step, jit_compile=True, reduce_retracing=True)
-        distributed_test_step = tf.function(distributed_test_step, jit_compile=True, reduce_retracing=True)
-
-    def train_steps(iterator, steps):
-        """`steps` training steps from the run's iterator."""
-        # Compiled, this is one tf.while_loop: one call into the runtime for many steps, as fit's
-        # steps_per_execution makes it, instead of a Python call and a host sync per step.
-        for _ in tf.range(steps):
-            x, y = next(iterator)
-            distributed_train_step(x, y)
-
-    def validate(val_batches):
-        """The validation pass, then every metric's result for the epoch."""
-        for x, y in val_batches:
-            distributed_test_step(x, y)
-        results = {train_loss.name: train_loss.result(), val_loss.name: val_loss.result()}
-        results.update({m.name: m.result() for m in train_metrics})
-        results.update({f"val_{m.name}": m.result() for m in val_metrics})
-        return results
-
     # Fresh functions per call: a tf.function that has created variables for one
     # model/optimizer must not be reused with another (sequential multiruns).
     if cfg.compile:
-        train_steps, validate = tf.function(train_steps), tf.function(validate)
-    per_call = steps_per_call(settings.steps_per_epoch)  # fit's steps_per_execution
-    calls, per_call = settings.steps_per_epoch // per_call, tf.constant(per_call)
+        jit = settings.jit_compile
+        distributed_train_step = tf.function(distributed_train_step, jit_compile=jit, reduce_retracing=True)
+        distributed_test_step = tf.function(distributed_test_step, jit_compile=jit, reduce_retracing=True)
 
     model.optimizer = optimizer  # where fit keeps it, so epoch callbacks (a checkpoint) find it alike
     # Every global batch is cut into per-replica shares by position, and across workers each keeps its
@@ -326,9 +305,15 @@ def run_tape(
             started = time.perf_counter()
             for metric in (train_loss, val_loss, *train_metrics, *val_metrics):
                 metric.reset_state()
-            for _ in range(calls):
-                train_steps(iterator, per_call)
-            metrics = {key: float(value) for key, value in validate(val_batches).items()}
+            for _ in range(settings.steps_per_epoch):
+                x, y = next(iterator)
+                distributed_train_step(x, y)
+            for x, y in val_batches:
+                distributed_test_step(x, y)
+            metrics = {train_loss.name: train_loss.result(), val_loss.name: val_loss.result()}
+            metrics.update({m.name: m.result() for m in train_metrics})
+            metrics.update({f"val_{m.name}": m.result() for m in val_metrics})
+            metrics = {key: float(value) for key, value in metrics.items()}
             metrics["epoch_seconds"] = time.perf_counter() - started
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", val_loss=f"{metrics['val_loss']:.4f}")
