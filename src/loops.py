@@ -198,10 +198,9 @@ def run_fit(
             metrics=make_metrics(),
             jit_compile=settings.jit_compile,
             # many steps per call into the runtime (a tf.while_loop over the iterator): Keras's per-step Python
-            # work and host syncs were a tenth of fit's epoch. (The tape loop has little per-step work; the same
-            # while loop made its epoch ~10 % slower, so it keeps one call per step.) Not with several
-            # replicas: Keras's multi-step function then fails ("You must feed a value for placeholder
-            # tensor", KERAS_MULTI_STEP_ISSUE).
+            # work and host syncs were a tenth of fit's epoch. Not with several replicas: Keras's multi-step
+            # function then fails ("You must feed a value for placeholder tensor", KERAS_MULTI_STEP_ISSUE); the
+            # tape loop's own multi-step function does not.
             steps_per_execution=steps_per_call(settings.steps_per_epoch) if replicas == 1 else 1,
         )
         if settings.restore is not None:
@@ -229,7 +228,7 @@ def run_tape(
     Differences from the article's loop, each of which makes it `fit`'s twin:
     exactly `steps_per_epoch` steps per epoch from one persistent iterator;
     train metrics from the training-mode forward pass before the update;
-    accuracy thresholded at logit 0; and compiled with `tf.function`.
+    accuracy thresholded at logit 0; and compiled with `tf.function`, many steps per call.
     """
     strategy, include_reg_loss = settings.strategy, cfg.include_reg_loss
     replicas = strategy.num_replicas_in_sync
@@ -282,12 +281,34 @@ def run_tape(
     def distributed_test_step(x, y):
         strategy.run(test_step, args=(x, y))
 
+    def train_steps(iterator, steps):
+        """`steps` training steps from the run's iterator, in one call into the runtime (fit's steps_per_execution).
+
+        Built as Keras builds fit's multi-step function: a tf.while_loop calling the compiled step, which fetches
+        the next batch only while steps remain (the run's one iterator must not run ahead of the epoch: a resumed
+        run starts at its first unseen batch). Measured against one call per step, alternating in one process:
+        epochs 9 % shorter, on a par with fit.
+        """
+        def has_steps_left(done, batch):
+            return tf.logical_and(tf.less(done, steps), batch.has_value())
+
+        def one_step(done, batch):
+            x, y = batch.get_value()
+            distributed_train_step(x, y)
+            following = tf.cond(tf.less(done + 1, steps), iterator.get_next_as_optional, lambda: batch)
+            return done + 1, following
+
+        tf.while_loop(has_steps_left, one_step, loop_vars=[tf.constant(0), iterator.get_next_as_optional()])
+
     # Fresh functions per call: a tf.function that has created variables for one
     # model/optimizer must not be reused with another (sequential multiruns).
     if cfg.compile:
-        jit = settings.jit_compile
+        jit = settings.jit_compile  # the step only: the iterator's ops cannot be compiled
         distributed_train_step = tf.function(distributed_train_step, jit_compile=jit, reduce_retracing=True)
         distributed_test_step = tf.function(distributed_test_step, jit_compile=jit, reduce_retracing=True)
+        train_steps = tf.function(tf.autograph.experimental.do_not_convert(train_steps), reduce_retracing=True)
+    multi_step = cfg.compile
+    per_call = MAX_STEPS_PER_CALL if multi_step else 1
 
     model.optimizer = optimizer  # where fit keeps it, so epoch callbacks (a checkpoint) find it alike
     # Every global batch is cut into per-replica shares by position, and across workers each keeps its
@@ -305,9 +326,12 @@ def run_tape(
             started = time.perf_counter()
             for metric in (train_loss, val_loss, *train_metrics, *val_metrics):
                 metric.reset_state()
-            for _ in range(settings.steps_per_epoch):
-                x, y = next(iterator)
-                distributed_train_step(x, y)
+            for first in range(0, settings.steps_per_epoch, per_call):
+                if multi_step:  # the count as a tensor: one trace for every count
+                    train_steps(iterator, tf.constant(min(per_call, settings.steps_per_epoch - first)))
+                else:
+                    x, y = next(iterator)
+                    distributed_train_step(x, y)
             for x, y in val_batches:
                 distributed_test_step(x, y)
             metrics = {train_loss.name: train_loss.result(), val_loss.name: val_loss.result()}

@@ -29,6 +29,13 @@ def test_fit_and_tape_are_twins(make_cfg, reg):
     assert max(diffs.values()) <= MAX_ABS_DIFF, diffs
 
 
+def test_twins_when_an_epoch_is_not_a_whole_number_of_calls(make_cfg):
+    # 2000 rows in batches of 16: 125 steps an epoch, run by tape as calls of 50, 50 and 25 and by fit as five
+    # of 25. A call that fetched a batch past the epoch's end would shift the tape loop's stream from epoch 1 on.
+    diffs = parity(make_cfg, "l2_dropout", "train.batch_size=16", "train.epochs=2")
+    assert max(diffs.values()) <= MAX_ABS_DIFF, diffs
+
+
 @pytest.mark.slow
 def test_fit_and_tape_are_twins_large_model_full_sample(make_cfg, capsys):
     """The README's figures: 5 epochs of the large model on the whole sample, every regularizer."""
