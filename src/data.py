@@ -214,7 +214,22 @@ def make_datasets(splits: HiggsSplits, batch_size: int, seed: int, start_step: i
         .prefetch(tf.data.AUTOTUNE)
     )
     val = tf.data.Dataset.from_tensor_slices((splits.x_val, splits.y_val)).batch(batch_size).cache()
-    return train, val
+    return train.with_options(pipeline_options()), val.with_options(pipeline_options())
+
+
+def pipeline_options():
+    """tf.data options for both pipelines: no autotuning model thread.
+
+    Deleting an iterator (fit's at its end; the tape loop's when it returns) waits for that thread,
+    with the GIL held: a sweep's jobs froze for 2-39 s at their end, every thread idle (seen in native
+    stacks: `~IteratorResource` waiting in `UnboundedThreadPool::~LogicalThreadWrapper`). Nothing here
+    needs it: the maps run one call at a time and prefetch keeps its own buffer heuristic.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

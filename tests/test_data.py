@@ -451,3 +451,14 @@ def test_a_stream_started_at_a_step_is_the_rest_of_the_whole_stream(sample_rows)
     for start in (1, 4, 5, 12):  # inside the first epoch, at its end, past a boundary, in the third permutation
         rest = [x.numpy() for x, _ in make_datasets(splits, batch_size=25, seed=3, start_step=start)[0].take(20 - start)]
         assert all(np.array_equal(a, b) for a, b in zip(rest, whole[start:])), start
+
+
+def test_the_pipelines_run_without_the_autotuning_thread_that_froze_jobs_at_their_end(sample_rows):
+    # Deleting an iterator waits for tf.data's autotuning thread with the GIL held: a sweep's jobs
+    # froze for 2-39 s after their last epoch, every thread idle (src/data.py: pipeline_options).
+    from src.data import HiggsSplits, make_datasets
+
+    rows = sample_rows[:300]
+    splits = HiggsSplits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s")
+    for dataset in make_datasets(splits, batch_size=50, seed=7):
+        assert dataset.options().autotune.enabled is False
