@@ -80,7 +80,7 @@ def train(
     import numpy as np
     import tensorflow as tf
 
-    from src import loops, plots
+    from src import loops
     from src.data import make_datasets
     from src.models import build_model, scoring_model
     from src.tracking import dataset_source, tracked_run, untracked_run
@@ -145,6 +145,7 @@ def train(
                     run.log_model(scoring_model(model, monitor.best_weights), "best_model", step=monitor.best_epoch,
                                   example=example, tags={"best_epoch": str(monitor.best_epoch),
                                                          "monitor": monitor.metric})
+        from src import plots  # matplotlib (~0.35 s): imported once the epochs are done, not before the first
         figures = plots.run_figures(run.result.history, name)
         run.log_figures(figures)
         plots.close(figures)
