@@ -21,7 +21,7 @@ def test_help_documents_every_option_with_its_default():
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())  # argparse wraps lines
     for option in ("--epochs", "--warmup", "--model", "--data", "--json", "--include-eager", "--no-include-eager",
-                   "--eager-epochs", "--jit", "--tracking-uri", "--startup", "--n-train"):
+                   "--eager-epochs", "--jit", "--tracking-uri", "--startup", "--startup-runs", "--n-train"):
         assert option in text, option
     assert "(default: 10)" in text and "(default: large)" in text
 
@@ -37,6 +37,7 @@ def test_bench_runs_and_writes_the_table_as_json(higgs_file, tmp_path, capsys):
         "--eager-warmup", "0",
         "--matmul-repeats", "2",
         "--matmul-seconds", "0.05",
+        "--startup-runs", "2",
         "--data", str(higgs_file),
         "--n-train", "2000",
         "--json", str(out),
@@ -88,6 +89,7 @@ def test_bench_runs_and_writes_the_table_as_json(higgs_file, tmp_path, capsys):
     assert 0 < startup["start_to_first_step_seconds"] < startup["start_to_first_epoch_end_seconds"]
     assert startup["start_to_first_epoch_end_seconds"] < startup["process_wall_seconds"] < 600
     assert "train.epochs=1" in startup["command"]
+    assert len(startup["runs_seconds"]) == 2 and startup["start_to_first_step_seconds"] in startup["runs_seconds"]
 
     rss = data["peak_rss_mib"]
     assert 50 < rss["self"] < 64_000 and 50 < rss["startup_child"] < 64_000
