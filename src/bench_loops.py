@@ -126,6 +126,8 @@ def measure_loop(label: str, cfg, warmup: int) -> Dict[str, Any]:
         "logging_share": log_median / median,
         # with train.checkpoint_every=1: the state copied after every epoch (in the loop) and written to the run's
         # artifacts (by a thread of its own, competing for the same cores): both count
+        "checkpoint_seconds": result.checkpoint_seconds[warmup:],
+        "checkpoint_write_seconds": result.checkpoint_write_seconds[warmup:],
         "median_checkpoint_seconds": statistics.median(result.checkpoint_seconds[warmup:]),
         "median_checkpoint_write_seconds": statistics.median(result.checkpoint_write_seconds[warmup:]),
         "checkpoint_share": (statistics.median(result.checkpoint_seconds[warmup:])
@@ -135,6 +137,38 @@ def measure_loop(label: str, cfg, warmup: int) -> Dict[str, Any]:
         "run_wall_seconds": wall,
         "run_id": result.run_id,
     }
+
+
+def pool_rounds(rounds: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """One loop's measurements over several rounds as one: medians over every round's measured epochs.
+
+    The first round's record, with each median and share pooled; `round_medians` keeps each round's median.
+    """
+    if len(rounds) == 1:
+        return rounds[0]
+
+    def measured(key: str) -> List[float]:
+        return [value for r in rounds for value in r[key][r["warmup_epochs"]:]]
+
+    pooled = dict(rounds[0])
+    median = statistics.median(measured("epoch_seconds"))
+    checkpoint = (statistics.median(v for r in rounds for v in r["checkpoint_seconds"])
+                  + statistics.median(v for r in rounds for v in r["checkpoint_write_seconds"]))
+    cores_busy = [v for r in rounds for v in r["cores_busy"]]
+    pooled.update(
+        median_epoch_seconds=median,
+        min_epoch_seconds=min(measured("epoch_seconds")),
+        median_log_epoch_seconds=statistics.median(measured("log_epoch_seconds")),
+        median_checkpoint_seconds=statistics.median(v for r in rounds for v in r["checkpoint_seconds"]),
+        median_checkpoint_write_seconds=statistics.median(v for r in rounds for v in r["checkpoint_write_seconds"]),
+        checkpoint_share=checkpoint / median,
+        cores_busy=cores_busy,
+        median_cores_busy=statistics.median(cores_busy) if cores_busy else None,
+        round_medians=[r["median_epoch_seconds"] for r in rounds],
+        run_id=[r["run_id"] for r in rounds],
+    )
+    pooled["logging_share"] = pooled["median_log_epoch_seconds"] / median
+    return pooled
 
 
 def machine_info() -> Dict[str, Any]:

@@ -98,3 +98,29 @@ def expected_stats(client, run_id: str) -> Dict[str, float]:
         "final_val_accuracy": h["val_accuracy"][-1],
         "val_bce_wobble": float(np.mean(np.abs(np.diff(val[(len(val) - 1) // 2 :])))),
     }
+
+
+def bench_results(sweep_epochs: int):
+    """A bench's results as run_bench returns them, with a whole-sweep measurement (numbers made up)."""
+    loop = {"median_epoch_seconds": 0.5, "fraction_of_bound": 0.8, "median_cores_busy": None, "logging_share": 0.001,
+            "median_log_epoch_seconds": 0.0005, "checkpoint_share": 0.01, "median_checkpoint_seconds": 0.004,
+            "median_checkpoint_write_seconds": 0.001}
+    job = {"run_name": "fit-none-large", "status": "FINISHED", "epochs": sweep_epochs, "sum_epoch_seconds": 40.0,
+           "before_run_seconds": 0.3, "run_to_first_epoch_seconds": 0.1, "after_last_epoch_seconds": 0.4,
+           "between_epochs_seconds": 1.5, "first_epoch_extra_seconds": 1.0, "overhead_seconds": 0.8}
+    return {
+        "machine": {"cores": 2, "cpu": "x", "tensorflow": "t", "keras": "k", "python": "p", "intra_op_threads": 0,
+                    "inter_op_threads": 0, "TF_ENABLE_ONEDNN_OPTS": None},
+        "load_average_start": [0.1, 0.1, 0.1], "load_average_end": [0.1, 0.1, 0.1], "overrides": [], "epochs": 2,
+        "warmup": 1, "steps_per_epoch": 19, "batch_size": 500,
+        "matmul": {"shape": "s", "flop_per_s": 1e11, "flop_per_s_before_loops": 1e11, "flop_per_s_after_loops": 1e11,
+                   "cores_busy": 1.9},
+        "flops": {"epoch": 4e10}, "bound_seconds": 0.4, "loops": {"fit": loop, "tape": dict(loop)},
+        "ratios": {"tape_over_fit": 1.0},
+        "startup": {"start_to_first_step_seconds": 6.0, "start_to_first_epoch_end_seconds": 8.0,
+                    "phases_since_start_seconds": {}, "method": "m"},
+        "sweep": {"epochs": sweep_epochs, "wall_seconds": 250.0, "sum_epoch_seconds": 160.0, "between_epochs_seconds": 6.0, "startup_seconds": 6.0,
+                  "jobs": [dict(job, overhead_seconds=7.0), job, job, job], "median_job_overhead_seconds": 0.8,
+                  "after_last_run_seconds": 1.0, "method": "m"},
+        "peak_rss_mib": {"self": 900.0, "startup_child": None},
+    }

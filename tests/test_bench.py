@@ -135,3 +135,33 @@ def test_bench_pipeline_prints_per_step_time_for_each_size(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:7] == ["training", "rows", "ms", "per", "step", "vs", "1000"] and len(lines) == 3
     assert lines[1].split()[0] == "1,000" and lines[1].split()[2] == "1.00"
+
+
+def test_rounds_pool_every_measured_epoch_and_keep_each_rounds_median():
+    from src.bench_loops import pool_rounds
+
+    def round_of(epochs, logs):
+        return {"warmup_epochs": 1, "epoch_seconds": epochs, "median_epoch_seconds": sorted(epochs[1:])[1],
+                "log_epoch_seconds": logs, "checkpoint_seconds": [0.01, 0.01, 0.03],
+                "checkpoint_write_seconds": [0.02, 0.02, 0.02], "cores_busy": [1.8, 1.9], "run_id": "r"}
+
+    # a warm-up epoch (9.0, never counted), then three measured epochs per round
+    first, second = round_of([9.0, 0.40, 0.42, 0.44], [1, 0.001, 0.001, 0.001]), round_of([9.0, 0.30, 0.50, 0.52], [1, 0.002, 0.002, 0.002])
+    assert pool_rounds([first]) is first  # one round: as measured
+    pooled = pool_rounds([first, second])
+    assert pooled["median_epoch_seconds"] == 0.43  # the median of 0.30 0.40 0.42 0.44 0.50 0.52
+    assert pooled["round_medians"] == [0.42, 0.50] and pooled["min_epoch_seconds"] == 0.30
+    assert pooled["logging_share"] == 0.0015 / 0.43
+    assert pooled["checkpoint_share"] == (0.01 + 0.02) / 0.43 and pooled["median_cores_busy"] == 1.85
+
+
+def test_the_paired_tape_over_fit_ratio_has_the_same_goal_as_the_pooled_one():
+    from src import bench
+
+    from tests.helpers import bench_results
+
+    results = bench_results(sweep_epochs=100)
+    results["ratios"] = {"tape_over_fit": 1.02, "tape_over_fit_paired": 0.98}
+    rows = {row["key"]: row for row in bench.build_rows(results)}
+    assert rows["tape_over_fit"]["met"] is False and rows["tape_over_fit_paired"]["met"] is True
+    assert rows["tape_over_fit_paired"]["metric"] == "tape / fit (median of the rounds' ratios)"

@@ -8,6 +8,7 @@ import pytest
 
 from src.bench_startup import epoch_seconds_key
 from src.config import PROJECT_ROOT
+from tests.helpers import bench_results
 
 IMPORT_CHECK = """
 import sys
@@ -41,36 +42,10 @@ def test_the_startup_probe_reads_the_epoch_time_under_either_name():
     assert epoch_seconds_key(run("epoch_seconds")) == "epoch_seconds"  # runs logged before the system/ prefix
 
 
-def _bench_results(sweep_epochs: int):
-    """A bench's results as run_bench returns them, with a whole-sweep measurement (numbers made up)."""
-    loop = {"median_epoch_seconds": 0.5, "fraction_of_bound": 0.8, "median_cores_busy": None, "logging_share": 0.001,
-            "median_log_epoch_seconds": 0.0005, "checkpoint_share": 0.01, "median_checkpoint_seconds": 0.004,
-            "median_checkpoint_write_seconds": 0.001}
-    job = {"run_name": "fit-none-large", "status": "FINISHED", "epochs": sweep_epochs, "sum_epoch_seconds": 40.0,
-           "before_run_seconds": 0.3, "run_to_first_epoch_seconds": 0.1, "after_last_epoch_seconds": 0.4,
-           "between_epochs_seconds": 1.5, "first_epoch_extra_seconds": 1.0, "overhead_seconds": 0.8}
-    return {
-        "machine": {"cores": 2, "cpu": "x", "tensorflow": "t", "keras": "k", "python": "p", "intra_op_threads": 0,
-                    "inter_op_threads": 0, "TF_ENABLE_ONEDNN_OPTS": None},
-        "load_average_start": [0.1, 0.1, 0.1], "load_average_end": [0.1, 0.1, 0.1], "overrides": [], "epochs": 2,
-        "warmup": 1, "steps_per_epoch": 19, "batch_size": 500,
-        "matmul": {"shape": "s", "flop_per_s": 1e11, "flop_per_s_before_loops": 1e11, "flop_per_s_after_loops": 1e11,
-                   "cores_busy": 1.9},
-        "flops": {"epoch": 4e10}, "bound_seconds": 0.4, "loops": {"fit": loop, "tape": dict(loop)},
-        "ratios": {"tape_over_fit": 1.0},
-        "startup": {"start_to_first_step_seconds": 6.0, "start_to_first_epoch_end_seconds": 8.0,
-                    "phases_since_start_seconds": {}, "method": "m"},
-        "sweep": {"epochs": sweep_epochs, "wall_seconds": 250.0, "sum_epoch_seconds": 160.0, "between_epochs_seconds": 6.0, "startup_seconds": 6.0,
-                  "jobs": [dict(job, overhead_seconds=7.0), job, job, job], "median_job_overhead_seconds": 0.8,
-                  "after_last_run_seconds": 1.0, "method": "m"},
-        "peak_rss_mib": {"self": 900.0, "startup_child": None},
-    }
-
-
 def test_the_bench_table_has_a_whole_sweep_row_against_the_bound():
     from src import bench
 
-    results = _bench_results(sweep_epochs=100)
+    results = bench_results(sweep_epochs=100)
     rows = {row["key"]: row for row in bench.build_rows(results)}
     assert rows["sweep_wall_seconds"]["met"] is False and rows["sweep_wall_seconds"]["goal"] == "<= 2 min"
     ideal = 4 * 100 * 0.4 + 6.0  # every epoch at the bound, plus the start-up once
@@ -81,7 +56,7 @@ def test_the_bench_table_has_a_whole_sweep_row_against_the_bound():
     assert "whole sweep: 4 runs x 100 epochs, wall" in report and "fit-none-large" in report
 
     # a shorter sweep is no measure of the 2-minute goal; its ratio to the bound still is
-    rows = {row["key"]: row for row in bench.build_rows(_bench_results(sweep_epochs=3))}
+    rows = {row["key"]: row for row in bench.build_rows(bench_results(sweep_epochs=3))}
     assert "sweep_wall_seconds" not in rows and rows["sweep_wall_seconds_fewer_epochs"]["met"] is None
     assert rows["sweep_over_ideal"]["value"] == 250.0 / (4 * 3 * 0.4 + 6.0)
 
