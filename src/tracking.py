@@ -471,6 +471,11 @@ def dataset_source(location: str):
     return compat.local_dataset_source(location)
 
 
+# How each database reports the insert that lost a race on a unique key: SQLite, PostgreSQL (through an MLflow
+# server: "BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value ..."), MySQL
+UNIQUE_KEY_RACE = ("UNIQUE constraint failed", "duplicate key value violates unique constraint", "Duplicate entry")
+
+
 def log_datasets(mlflow_client, run_id: str, datasets: Dict[str, Any]) -> None:
     """Each dataset (context -> mlflow.data dataset) with its digest, as a run input."""
     from mlflow.entities import DatasetInput, InputTag
@@ -487,6 +492,6 @@ def log_datasets(mlflow_client, run_id: str, datasets: Dict[str, Any]) -> None:
             # Parallel jobs log the same dataset: the store looks it up, misses, and
             # inserts, so two jobs can race on its unique key. Once the other job's
             # insert has landed, a retry finds the dataset and only links it.
-            if "UNIQUE constraint failed" not in str(exc) or attempt == 4:
+            if not any(marker in str(exc) for marker in UNIQUE_KEY_RACE) or attempt == 4:
                 raise
             time.sleep(0.2 * (attempt + 1))

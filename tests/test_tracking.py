@@ -2,6 +2,7 @@
 
 import getpass
 
+import pytest
 import yaml
 from mlflow import MlflowClient
 
@@ -55,3 +56,39 @@ def test_resume_counts_epochs_from_the_epoch_metrics_not_the_machine_samples(tra
     writer.abandon()
     assert [m.step for m in sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)] == [0, 1, 2, 3]
     assert sorted(m.step for m in client.get_metric_history(run_id, "system/epoch_seconds")) == [2, 3]
+
+
+class _RacingStore:
+    """A store as a parallel job meets it: its first insert of a shared dataset loses the race to another job's."""
+
+    def __init__(self, first_answer: Exception):
+        self.first_answer, self.calls = first_answer, 0
+
+    def log_inputs(self, run_id, datasets):
+        self.calls += 1
+        if self.calls == 1:
+            raise self.first_answer
+
+
+@pytest.mark.parametrize("message", [
+    "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest",
+    # seen in CI: eight jobs through a server on PostgreSQL
+    'BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"',
+    "(pymysql.err.IntegrityError) (1062, \"Duplicate entry '1-higgs-train' for key 'datasets.PRIMARY'\")",
+])
+def test_a_dataset_that_parallel_jobs_insert_at_once_is_linked_by_a_retry(message):
+    import numpy as np
+    import mlflow.data
+    from mlflow.exceptions import MlflowException
+
+    from src.tracking import log_datasets
+
+    data = {"training": mlflow.data.from_numpy(np.zeros((4, 28), np.float32), targets=np.zeros((4, 1)), name="t")}
+    store = _RacingStore(MlflowException(message))
+    log_datasets(store, "run", data)
+    assert store.calls == 2  # the retry finds the other job's row and only links it
+
+    other = _RacingStore(MlflowException("BAD_REQUEST: (psycopg2.errors.NotNullViolation) null value"))
+    with pytest.raises(MlflowException, match="NotNullViolation"):
+        log_datasets(other, "run", data)
+    assert other.calls == 1  # any other failure is the store's answer, not a race
