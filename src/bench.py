@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from src.bench_loops import (FLOP_CONVENTION, dense_shapes, epoch_flops, machine_info, matmul_rate, measure_loop,
                               pool_rounds)
+from src.bench_profile import profile_loop
 from src.bench_startup import SWEEP_AXES, measure_startup, measure_sweep
 from src.config import PROJECT_ROOT, compose_config, validate
 from src.errors import JobFailed
@@ -75,6 +76,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1,
                         help="rounds of the loops, alternating (fit, tape, fit, tape, ...): medians pool every round's "
                              "measured epochs, and tape / fit is also given as the median of the rounds' ratios")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="also run each loop under TensorFlow's profiler (--profile-epochs after the warm-up), "
+                             "keep the traces in DIR (TensorBoard opens them) and print the op time by kind of op")
+    parser.add_argument("--profile-epochs", type=int, default=3, help="epochs each profile covers")
     parser.add_argument("--startup-runs", type=int, default=3,
                         help="fresh processes the start-up is measured in; the table shows their median")
     parser.add_argument(
@@ -101,7 +106,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="extra Hydra overrides for every measured run, e.g. train.threads=2 train.batch_size=1000",
     )
     args = parser.parse_args(argv)
-    for name in ("epochs", "eager_epochs", "matmul_repeats", "sweep_epochs", "startup_runs", "rounds"):
+    for name in ("epochs", "eager_epochs", "matmul_repeats", "sweep_epochs", "startup_runs", "rounds", "profile_epochs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("warmup", "eager_warmup"):
@@ -227,6 +232,11 @@ def format_report(results: Dict[str, Any]) -> str:
     for r in results["table"]:
         met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
         lines.append(f"{r['metric']:<{width}}  {r['shown']:>{value_width}}  {r['goal']:<9}  {met}")
+    for label, p in (results.get("profiles") or {}).items():
+        kinds = ", ".join(f"{kind} {100 * share:.1f} %" for kind, share in p["shares"].items())
+        lines += ["", f"op profile of {label} ({p['epochs']} epochs, median {p['median_epoch_seconds']:.3f} s; "
+                  f"{p['op_ms_per_step']:.1f} ms of op time per step, summed over the compute threads): {kinds}; "
+                  f"trace: {p['trace']}"]
     if results.get("startup"):
         s = results["startup"]
         phases = ", ".join(f"{k} {v:.2f} s" for k, v in s["phases_since_start_seconds"].items())
@@ -318,6 +328,13 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None] = print) -> D
         if "tape_jit" in loops:
             ratios["tape_jit_over_fit_jit"] = loops["tape_jit"]["median_epoch_seconds"] / loops["fit_jit"]["median_epoch_seconds"]
 
+        profiles = {}
+        if args.profile:
+            for label, extra, warmup, _ in variants[:2]:  # fit and tape
+                say(f"{label}: {args.profile_epochs} epochs under TensorFlow's profiler ...")
+                profiles[label] = profile_loop(label, compose_config([*overrides, *extra]), warmup,
+                                               args.profile_epochs, steps, Path(args.profile).resolve() / label)
+
         startup = None
         if args.startup:
             say("start to first step: a fresh `python -m src.train train.epochs=1` ...")
@@ -349,6 +366,7 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None] = print) -> D
             "bound_seconds": bound,
             "loops": loops,
             "ratios": ratios,
+            "profiles": profiles,
             "startup": startup,
             "sweep": sweep,
             "peak_rss_mib": {

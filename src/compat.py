@@ -97,6 +97,18 @@ def optuna_trial(study, trial_id: int):
     return optuna.trial.Trial(study, trial_id)
 
 
+def read_xplane(path) -> Any:
+    """A TensorFlow profiler trace (`*.xplane.pb`) as its protobuf; TensorFlow has no public reader for it
+    (TensorBoard's profile plugin parses the same file)."""
+    from pathlib import Path
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(Path(path).read_bytes())
+    return space
+
+
 # What Keras imports at its own import and this project never uses from Keras: its scikit-learn wrappers
 # (scikit-learn, and SciPy with it) and its image gallery (matplotlib). Keras tries each, and leaves it out when missing.
 KERAS_OPTIONAL_IMPORTS = ("sklearn", "matplotlib")

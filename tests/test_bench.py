@@ -5,6 +5,7 @@ A smoke test, not a timing assertion: the numbers depend on the machine and its 
 
 import json
 import math
+from pathlib import Path
 import subprocess
 import sys
 
@@ -38,6 +39,8 @@ def test_bench_runs_and_writes_the_table_as_json(higgs_file, tmp_path, capsys):
         "--matmul-repeats", "2",
         "--matmul-seconds", "0.05",
         "--startup-runs", "2",
+        "--profile", str(tmp_path / "profiles"),
+        "--profile-epochs", "1",
         "--data", str(higgs_file),
         "--n-train", "2000",
         "--json", str(out),
@@ -90,6 +93,12 @@ def test_bench_runs_and_writes_the_table_as_json(higgs_file, tmp_path, capsys):
     assert startup["start_to_first_epoch_end_seconds"] < startup["process_wall_seconds"] < 600
     assert "train.epochs=1" in startup["command"]
     assert len(startup["runs_seconds"]) == 2 and startup["start_to_first_step_seconds"] in startup["runs_seconds"]
+
+    for label in ("fit", "tape"):  # every op of a step falls in a kind; the backward matmuls are among them
+        profile = data["profiles"][label]
+        assert math.isclose(sum(profile["shares"].values()), 1.0) and profile["op_ms_per_step"] > 0, profile
+        assert "backward matmuls" in profile["shares"] and Path(profile["trace"]).is_file()
+        assert f"op profile of {label} (1 epochs" in printed
 
     rss = data["peak_rss_mib"]
     assert 50 < rss["self"] < 64_000 and 50 < rss["startup_child"] < 64_000
@@ -165,3 +174,22 @@ def test_the_paired_tape_over_fit_ratio_has_the_same_goal_as_the_pooled_one():
     rows = {row["key"]: row for row in bench.build_rows(results)}
     assert rows["tape_over_fit"]["met"] is False and rows["tape_over_fit_paired"]["met"] is True
     assert rows["tape_over_fit_paired"]["metric"] == "tape / fit (median of the rounds' ratios)"
+
+
+@pytest.mark.parametrize("name, kind", [
+    # as TensorFlow's profiler names a step's ops (the tape loop's multi-step call, the large model)
+    ("while/body/_1/while/StatefulPartitionedCall/gradient_tape/large_1/dense_1/MatMul/MatMul:_MklMatMul",
+     "backward matmuls"),
+    ("while/body/_1/while/StatefulPartitionedCall/large_1/dense_1/Elu:_MklNativeFusedMatMul",
+     "forward matmul + bias + ELU (fused)"),
+    ("while/body/_1/while/StatefulPartitionedCall/gradient_tape/large_1/dense_2_1/BiasAdd/BiasAddGrad:BiasAddGrad",
+     "BiasAddGrad"),
+    ("while/body/_1/while/StatefulPartitionedCall/gradient_tape/large_1/dense_3_1/EluGrad:EluGrad", "EluGrad"),
+    ("while/body/_1/while/StatefulPartitionedCall/adam/Sub_31:Sub", "Adam's update"),
+    ("adam/AssignSubVariableOp_2:AssignSubVariableOp", "Adam's update"),  # one call per step: no outer scope
+    ("while/body/_1/while/StatefulPartitionedCall/logistic_loss/sub:Sub", "loss, metrics, penalty, dropout, everything else"),
+])
+def test_the_op_profile_sorts_a_steps_ops_by_what_they_do(name, kind):
+    from src.bench_profile import op_kind
+
+    assert op_kind(name) == kind

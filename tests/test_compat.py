@@ -63,3 +63,20 @@ def test_our_numpy_dataset_digest_is_mlflows_without_the_copy():
     for n in (3, 344, 345, 5000):  # fewer values than MAX_ROWS, just under and over it, many more
         x, y = rows[:n, 1:], rows[:n, :1]  # strided views, as the memory-mapped cache gives
         assert compat.numpy_dataset_digest(x, y) == compute_numpy_digest(x, y)
+
+
+def test_a_profiler_trace_reads_back_with_its_ops(tmp_path):
+    import tensorflow as tf
+
+    from src.compat import read_xplane
+
+    x = tf.ones((64, 64))
+    step = tf.function(lambda a: tf.matmul(a, a))
+    step(x)  # traced before the profile
+    tf.profiler.experimental.start(str(tmp_path))
+    for _ in range(5):
+        step(x)
+    tf.profiler.experimental.stop()
+    (trace,) = tmp_path.glob("**/*.xplane.pb")
+    names = {meta.name for plane in read_xplane(trace).planes for meta in plane.event_metadata.values()}
+    assert any("MatMul" in name for name in names), sorted(names)[:20]
