@@ -37,6 +37,11 @@ def local_dataset_source(path: str) -> Any:
     return local(path)
 
 
+def job_exception(result) -> BaseException:
+    """The exception a failed Hydra job raised; `JobReturn.return_value` would re-raise it and print its overrides."""
+    return result._return_value
+
+
 def one_line_config_errors(one_line: Callable[[Exception], str]) -> None:
     """Make Hydra print a bad override as `one_line(exc)` (it prints several lines: option lists, hints).
 

@@ -1,5 +1,7 @@
 """Errors the user can fix; Hydra prints them as one line, without a traceback."""
 
+from typing import Optional
+
 from hydra.errors import CompactHydraException
 
 
@@ -37,6 +39,14 @@ class NonFiniteLossError(UserError):
 
 class JobFailed(UserError):
     """A job of `python -m src.train` whose run ended FAILED; the message is the run's one-line error."""
+
+    def __init__(self, message: str, run_id: Optional[str] = None):
+        self.run_id = run_id  # None: the job failed before its run existed (config, data, store)
+        super().__init__(message)
+
+    def __reduce__(self):
+        # Rebuilt from (message, run_id), so a parallel or remote launcher can send it back to the sweeper.
+        return type(self), (str(self), self.run_id)
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -198,10 +198,13 @@ class TrialReporter:
             return True
         return False
 
+    def identity_tags(self) -> Dict[str, str]:
+        """The tags the trial's MLflow run starts with, so a trial that fails is found too: its study and number."""
+        return {"optuna.study": self.trial.study.study_name, "optuna.trial": str(self.trial.number)}
+
     def run_tags(self) -> Dict[str, str]:
-        """The tags of the trial's MLflow run: its study, its number and whether it was pruned."""
-        tags = {"optuna.study": self.trial.study.study_name, "optuna.trial": str(self.trial.number),
-                "optuna.state": "COMPLETE" if self.pruned_epoch is None else PRUNED}
+        """The tags of the trial's MLflow run once it has trained: whether it completed or was pruned, and when."""
+        tags = {"optuna.state": "COMPLETE" if self.pruned_epoch is None else PRUNED}
         if self.pruned_epoch is not None:
             tags["optuna.pruned_epoch"] = str(self.pruned_epoch)
         return tags

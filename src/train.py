@@ -206,7 +206,8 @@ def main(cfg: DictConfig) -> Optional[dict]:
     try:
         reporter = search.trial_reporter(cfg.trial, OmegaConf.select(hydra_cfg, "sweeper"))
         result = train(cfg, parent_run_id=parent_run_id, overrides=overrides, output_dir=output_dir,
-                       on_epoch_end=[reporter] if reporter else [])
+                       on_epoch_end=[reporter] if reporter else [],
+                       extra_tags=reporter.identity_tags() if reporter else None)
         job.status, job.run_id, job.run_name, job.error = result.status, result.run_id, result.run_name, result.error
         if reporter and reporter.pruned_epoch is not None and result.status == FINISHED:
             job.status = search.PRUNED
@@ -226,7 +227,7 @@ def main(cfg: DictConfig) -> Optional[dict]:
     finally:
         job.write(output_dir)
     if job.status == FAILED:
-        raise JobFailed(job.error)  # Hydra prints it as one line; a sweep's summary names the run
+        raise JobFailed(job.error, run_id=job.run_id)  # Hydra prints it as one line; a sweep's summary names the run
     # what a sweeper hears back from the launcher (the optuna sweeper scores the trial from the history)
     return {"status": job.status, "run_id": job.run_id, "history": dict(result.history)}
 

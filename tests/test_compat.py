@@ -80,3 +80,14 @@ def test_a_profiler_trace_reads_back_with_its_ops(tmp_path):
     (trace,) = tmp_path.glob("**/*.xplane.pb")
     names = {meta.name for plane in read_xplane(trace).planes for meta in plane.event_metadata.values()}
     assert any("MatMul" in name for name in names), sorted(names)[:20]
+
+
+def test_a_failed_hydra_job_gives_back_the_exception_it_raised(tmp_path):
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from src.errors import JobFailed
+
+    raised = JobFailed("training diverged", run_id="abc")
+    result = JobReturn(status=JobStatus.FAILED)
+    result.return_value = raised  # what hydra.core.utils.run_job does when the task raises
+    assert compat.job_exception(result) is raised and compat.job_exception(result).run_id == "abc"

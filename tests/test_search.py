@@ -113,6 +113,42 @@ def test_a_search_prunes_hopeless_trials_and_records_the_best_on_its_parent_run(
     assert "PRUNED" in proc.stderr and f"best trial {best.number}:" in proc.stderr
 
 
+def _diverging_search_args(folder, higgs_file, space):
+    """A 3-trial search over `space` whose sampler (seed 11) asks for lr=1e30 (the tiny model diverges at once), then 1e-3 twice, when space is
+    train.learning_rate=choice(1e30, 1e-3)."""
+    args = [a for a in _search_args(folder, higgs_file, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={folder}/sweep")
+            if not a.startswith(("hydra.sweeper.sampler.seed=", "reg.l2=", "train.learning_rate=", "train.epochs="))]
+    return [*args, "hydra.sweeper.sampler.seed=11", "train.epochs=2", space]
+
+
+def test_a_trial_that_diverges_fails_alone_and_the_search_goes_on(tmp_path, higgs_file, tracking_uri):
+    proc = run_module("src.train", _diverging_search_args(tmp_path, higgs_file, "train.learning_rate=choice(1e30, 1e-3)")
+                      + [f"mlflow.tracking_uri={tracking_uri}", "hydra.sweeper.study_name=d"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]  # a failed trial fails the command, after the search
+    study = optuna.load_study(study_name="d", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [(t.params["train.learning_rate"], t.state.name) for t in study.trials] == [
+        (1e30, "FAIL"), (1e-3, "COMPLETE"), (1e-3, "COMPLETE")]
+    [parent], trials = split_runs(tracking_uri)
+    status = {int(r.data.tags["optuna.trial"]): r.info.status for r in trials}
+    assert status == {0: "FAILED", 1: "FINISHED", 2: "FINISHED"}
+    assert study.trials[0].user_attrs["run_id"] in {r.info.run_id for r in trials}  # the failed trial's run, named
+    assert (parent.data.metrics["trials_failed"], parent.data.metrics["trials_complete"]) == (1, 2)
+    assert parent.data.metrics["best_val_binary_crossentropy"] == study.best_value
+    assert "1 of 3 trials failed" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_search_whose_first_trials_fail_before_training_stops_there(tmp_path, higgs_file):
+    """A trial refused by the config (here every one: the same would happen to a missing data file) trains
+    nothing; the search stops instead of failing the same way n_trials times."""
+    proc = run_module("src.train", _diverging_search_args(tmp_path, higgs_file, "train.epochs=choice(0, -1)")
+                      + ["hydra.sweeper.study_name=c"], cwd=tmp_path)
+    assert proc.returncode == 1
+    study = optuna.load_study(study_name="c", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+    assert "train.epochs" in proc.stderr and "1 of 1 trials failed" in proc.stderr
+
+
 @pytest.mark.slow
 def test_a_bad_objective_is_a_one_line_error_before_any_trial_or_parent_run(tmp_path, higgs_file):
     proc = run_module("src.train", _search_args(tmp_path, higgs_file, "hydra.sweeper.objective.metric=val_auc",

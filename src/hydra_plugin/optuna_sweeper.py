@@ -54,7 +54,7 @@ class OptunaSweeper(Sweeper):
         print(f"optuna study {study_name!r}: {settings.n_trials} trials of {', '.join(space)}; "
               f"{objective.direction} {objective.name}", file=sys.stderr)
 
-        returns, job_idx, failed = [], 0, 0
+        returns, job_idx, failed, trained = [], 0, 0, 0
         while job_idx < settings.n_trials:
             trials = [study.ask(space) for _ in range(min(settings.n_jobs, settings.n_trials - job_idx))]
             batch = [[*fixed, *search.trial_overrides(t.params), f"trial.study={study_name}",
@@ -64,9 +64,14 @@ class OptunaSweeper(Sweeper):
             for trial, result in zip(trials, results):
                 outcome = result.return_value if result.status == JobStatus.COMPLETED else None
                 if outcome is None or outcome["status"] not in ("FINISHED", search.PRUNED):
+                    run_id = outcome["run_id"] if outcome else getattr(compat.job_exception(result), "run_id", None)
+                    if run_id:  # it trained, then failed (e.g. diverged at this trial's values): the search goes on
+                        trained += 1
+                        trial.set_user_attr("run_id", run_id)
                     study.tell(trial, state=TrialState.FAIL)
                     failed += 1
                     continue
+                trained += 1
                 if outcome.get("run_id"):
                     trial.set_user_attr("run_id", outcome["run_id"])  # the trial's MLflow run
                 if outcome["status"] == search.PRUNED:
@@ -75,7 +80,7 @@ class OptunaSweeper(Sweeper):
                     study.tell(trial, objective.value(outcome["history"]))
             returns.append(results)
             job_idx += len(batch)
-            if failed == job_idx:  # not one trial has worked: the rest would fail alike (a config or data error)
+            if not trained:  # every trial so far failed before training (config, data, store): the rest would too
                 break
 
         summary = search.record_study(study, objective, parent_run_id, config.mlflow.tracking_uri) \
