@@ -37,6 +37,24 @@ def local_dataset_source(path: str) -> Any:
     return local(path)
 
 
+def keras_flavor() -> Any:
+    """MLflow's Keras 3 flavor for `Model.log`, made to work with an input example.
+
+    Its `save_model` writes the input example into the model's folder before it creates that folder (MLflow 3.17;
+    FileNotFoundError). This flavor creates the folder first and is otherwise `mlflow.keras` itself; the test in
+    tests/test_compat.py fails once MLflow fixes it, and then this can go.
+    """
+    import types
+
+    import mlflow.keras
+
+    def save_model(path, **kwargs):
+        os.makedirs(path)
+        return mlflow.keras.save_model(path=path, **kwargs)
+
+    return types.SimpleNamespace(__name__=mlflow.keras.__name__, save_model=save_model)
+
+
 def job_exception(result) -> BaseException:
     """The exception a failed Hydra job raised; `JobReturn.return_value` would re-raise it and print its overrides."""
     return result._return_value

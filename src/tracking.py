@@ -187,10 +187,9 @@ class TrackedRun:
         to this run at `step`: it shows in the UI's "Logged models" and loads as `runs:/<run_id>/<name>`. Its ID."""
         import keras
         import mlflow
-        import mlflow.tensorflow
         import numpy as np
         import tensorflow as tf
-        from mlflow.models import infer_signature
+        from mlflow.models import Model, infer_signature
 
         # MLflow's model logging goes through its fluent state: the store and the experiment the logged model
         # belongs to (without it, the model lands in experiment 0 and `runs:/` cannot find it)
@@ -202,9 +201,12 @@ class TrackedRun:
         interactive = keras.config.is_interactive_logging_enabled()
         keras.config.disable_interactive_logging()  # MLflow checks the example with a predict that prints a bar
         try:
-            info = mlflow.tensorflow.log_model(
-                model, name=name, signature=signature, input_example=example, step=step, run_id=self.run_id,
-                tags=tags, pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+            # Model.log, as mlflow.keras.log_model calls it, with this run's ID: that wrapper only logs to the
+            # fluent active run, which this project never starts (starting one would end the run on exit)
+            info = Model.log(
+                artifact_path=None, name=name, flavor=compat.keras_flavor(), model=model, signature=signature,
+                input_example=example, step=step, run_id=self.run_id, tags=tags,
+                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
             )
         finally:
             if interactive:

@@ -91,3 +91,17 @@ def test_a_failed_hydra_job_gives_back_the_exception_it_raised(tmp_path):
     result = JobReturn(status=JobStatus.FAILED)
     result.return_value = raised  # what hydra.core.utils.run_job does when the task raises
     assert compat.job_exception(result) is raised and compat.job_exception(result).run_id == "abc"
+
+
+def test_mlflows_keras_flavor_still_writes_the_input_example_before_its_folder(tmp_path):
+    """When this fails, MLflow has fixed its Keras flavor: `compat.keras_flavor` can go (use `mlflow.keras`)."""
+    import keras
+    import mlflow.keras
+    import pytest
+
+    model = keras.Sequential([keras.Input([2]), keras.layers.Dense(1)])
+    example = np.zeros((1, 2), np.float32)
+    with pytest.raises(FileNotFoundError):
+        mlflow.keras.save_model(model, path=str(tmp_path / "plain"), input_example=example)
+    compat.keras_flavor().save_model(path=str(tmp_path / "fixed"), model=model, input_example=example)
+    assert mlflow.keras.load_model(str(tmp_path / "fixed")).count_params() == 3

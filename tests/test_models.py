@@ -2,6 +2,7 @@
 
 import math
 
+import keras
 import mlflow
 import numpy as np
 import pytest
@@ -64,6 +65,14 @@ def test_both_loops_stop_alike_and_their_logged_models_score_as_the_runs_said(ma
     logged = client.search_logged_models(experiment_ids=[client.get_run(fit.run_id).info.experiment_id])
     mine = sorted((m.name, m.tags.get("best_epoch")) for m in logged if m.source_run_id == fit.run_id)
     assert mine == [("best_model", str(best)), ("model", None)]
+    # in MLflow's Keras 3 flavor, with a signature (28 float32 features -> one probability) and an input example
+    info = mlflow.models.get_model_info(f"runs:/{fit.run_id}/model")
+    assert "keras" in info.flavors and info.flavors["keras"]["keras_version"] == keras.__version__
+    assert info.signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 28)}}]
+    assert info.signature.outputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 1)}}]
+    local = mlflow.artifacts.download_artifacts(f"runs:/{fit.run_id}/model")
+    example = np.asarray(mlflow.models.Model.load(local).load_input_example(local))
+    assert example.shape[1:] == (28,) and np.array_equal(example, np.asarray(splits.x_val[:len(example)]))
 
 
 def test_the_monitor_follows_keras_early_stopping():
