@@ -1,6 +1,9 @@
 """A tracking server for several machines: a real PostgreSQL (started here), `mlflow server` on it, a parallel sweep
-and a search through it with nothing lost, and the default store's runs moved into it and reproduced there."""
+and a search through it with nothing lost, and the default store's runs moved into it (their logged models with them)
+and reproduced and scored there."""
 
+import mlflow
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
@@ -20,10 +23,10 @@ def pg_server(tmp_path, postgres):
     yield from serve_mlflow(tmp_path, postgres.uri("mlflow"))
 
 
-def _tiny(higgs_file, tmp_path, uri, *extra):
+def _tiny(higgs_file, tmp_path, uri, *extra, log_models=False):
     return ["model=tiny", "train.epochs=2", f"data.path={higgs_file}", "data.n_validation=500", "data.n_train=1000",
-            "quiet=true", "mlflow.log_models=false", f"mlflow.tracking_uri={uri}", f"data.cache_dir={tmp_path}/cache",
-            *extra]
+            "quiet=true", f"mlflow.log_models={str(log_models).lower()}", f"mlflow.tracking_uri={uri}",
+            f"data.cache_dir={tmp_path}/cache", *extra]
 
 
 def test_a_parallel_sweep_and_a_search_through_a_server_on_postgresql_lose_nothing(tmp_path, higgs_file, postgres,
@@ -62,7 +65,7 @@ def test_the_default_stores_runs_move_into_the_server_whole_and_reproduce_there(
     local = f"sqlite:///{tmp_path}/local/mlflow.db"
     proc = run_module("src.train", ["-m", "reg=none,l2", f"hydra.sweep.dir={tmp_path}/s",
                                     f"mlflow.artifact_location={tmp_path}/local/artifacts",
-                                    *_tiny(higgs_file, tmp_path, local)], cwd=tmp_path)
+                                    *_tiny(higgs_file, tmp_path, local, log_models=True)], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     copied = migrate(local, pg_server.url)
     assert len(copied) == 3 and migrate(local, pg_server.url) == {}  # again: nothing new to copy
@@ -82,10 +85,26 @@ def test_the_default_stores_runs_move_into_the_server_whole_and_reproduce_there(
         assert {a.path for a in destination.list_artifacts(new.info.run_id)} == \
             {a.path for a in source.list_artifacts(old.info.run_id)}
         assert len(new.inputs.dataset_inputs) == len(old.inputs.dataset_inputs) == 2
+        # its logged models (outside the run's artifacts in MLflow 3), linked to the copy as its outputs
+        assert len(new.outputs.model_outputs) == len(old.outputs.model_outputs) == 2
+    assert not new_parent.outputs.model_outputs
 
-    copy = copied[old_children[0].info.run_id]
+    old = old_children[0].info.run_id
+    copy = copied[old]
     reproduced = run_module("src.reproduce", [copy, "--tracking-uri", pg_server.url, "--quiet"], cwd=tmp_path)
     assert reproduced.returncode == 0 and ": identical:" in reproduced.stdout, reproduced.stderr[-2000:]
+
+    # the copy's models load by its run ID, through the server, and predict exactly as the originals
+    rows = np.random.default_rng(0).normal(size=(64, 28)).astype(np.float32)
+    for name in ("model", "best_model"):
+        mlflow.set_tracking_uri(local)
+        expected = np.asarray(mlflow.pyfunc.load_model(f"runs:/{old}/{name}").predict(rows))
+        mlflow.set_tracking_uri(pg_server.url)
+        assert np.array_equal(np.asarray(mlflow.pyfunc.load_model(f"runs:/{copy}/{name}").predict(rows)), expected)
+    scored = [run_module("src.evaluate", [run, "--tracking-uri", uri, "--no-log"], cwd=tmp_path)
+              for run, uri in ((old, local), (copy, pg_server.url))]
+    assert all(proc.returncode == 0 for proc in scored), scored[-1].stderr[-2000:]
+    assert scored[0].stdout.splitlines()[1:] == scored[1].stdout.splitlines()[1:]  # the same scores
 
 
 def test_the_store_bench_measures_both_stores(tmp_path, pg_server):
