@@ -1,5 +1,5 @@
 """`python -m src.bench_store --tracking-uri URI [--calls N] [--clients K]`: what one epoch's metrics cost to log into a
-store: the latency of `log_batch` with the 8 per-epoch metrics, as every run calls it once an epoch, from K clients
+store: the latency of `log_batch` with the per-epoch metrics (EPOCH_METRICS), as every run calls it once an epoch, from K clients
 at once (each its own run), as median and 90th percentile in milliseconds."""
 
 import argparse
@@ -46,7 +46,8 @@ def measure(tracking_uri: str, calls: int, clients: int, experiment: str = "benc
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.bench_store", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m src.bench_store",
+                                     description=" ".join(__doc__.split("\n\n")[0].split()))  # the first paragraph
     parser.add_argument("--tracking-uri", required=True, help="the store to measure (a database URI or a server)")
     parser.add_argument("--calls", type=int, default=200, help="log_batch calls per client (default: 200)")
     parser.add_argument("--clients", type=int, default=1, help="clients logging at once (default: 1)")

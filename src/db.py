@@ -113,7 +113,8 @@ def _run_as() -> Optional[pwd.struct_passwd]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.db", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m src.db",
+                                     description=" ".join(__doc__.split("\n\n")[0].split()))  # the first paragraph
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER, help=f"the cluster's folder (default: {DEFAULT_FOLDER})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"the port on 127.0.0.1 (default: {DEFAULT_PORT})")
