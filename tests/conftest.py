@@ -101,16 +101,14 @@ def mlflow_server(tmp_path):
 
 
 def serve_mlflow(tmp_path, backend_store_uri: str):
-    """Run `mlflow server` as `make server` does (over `backend_store_uri`, artifacts served through it, gunicorn)
-    until the generator is closed."""
+    """Run `make server` itself (over `backend_store_uri`, artifacts served through it) until the generator is
+    closed."""
     port = free_port()
     log = open(tmp_path / "server.log", "w")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", backend_store_uri, "--serve-artifacts",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--gunicorn-opts", "--timeout 120 --graceful-timeout 5"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        ["make", "--no-print-directory", "server", f"PY={sys.executable}", f"PORT={port}", f"DB={backend_store_uri}",
+         f"ARTIFACTS={tmp_path / 'server-artifacts'}"],
+        cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # make, mlflow, gunicorn
     )
     url = f"http://127.0.0.1:{port}"
     try:
