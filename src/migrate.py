@@ -254,7 +254,8 @@ def _backfill_models(source_uri: str, destination, run, models: Sequence, experi
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.migrate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m src.migrate",
+                                     description=" ".join(__doc__.split("\n\n")[0].split()))  # the first paragraph
     parser.add_argument("--to", required=True, help="the destination tracking URI, e.g. http://127.0.0.1:5000")
     parser.add_argument("--from", dest="source", default=None,
                         help="the source tracking URI (default: MLFLOW_TRACKING_URI, else the project's store)")

@@ -18,7 +18,7 @@ from src.config import run_name, validate
 from src.data import load_higgs
 from src.errors import ConfigError, JobFailed, RunInterrupted, UserError, composition_error_line
 from src import checkpoints, runtime, search
-from src.interrupts import handle_interrupts, raise_if_interrupted, signals_blocked
+from src.interrupts import handle_interrupts, raise_if_interrupted, requeue_if_preempted, signals_blocked
 from src.redaction import RedactedStream, redact, redact_files, redact_log_handlers
 from src.store import DATA_DIGEST_TAG, ensure_store, finished_run_with_digest
 from src.sweep import JobResult, find_parent_run_id
@@ -216,6 +216,7 @@ def main(cfg: DictConfig) -> Optional[dict]:
         job.run_id = exc.run_id if isinstance(exc, RunInterrupted) else None
         if _in_worker_process(hydra_cfg):
             job.write(output_dir)
+            requeue_if_preempted()  # SLURM's or submitit_local's preemption: submitit requeues the job now, and exits
             logging.shutdown()
             os._exit(130)  # a launcher's worker ends with its job: its pool would otherwise keep it training
         raise

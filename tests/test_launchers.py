@@ -1,18 +1,26 @@
 """Launchers beyond one machine: the guard rails a remote launch passes before any job starts, SLURM's defaults,
-and (slow) a real `submitit_local` sweep with a cap on the jobs running at once."""
+and (slow) a real `submitit_local` sweep with a cap on the jobs running at once, and one whose job is preempted,
+requeued by submitit and resumed."""
 
+import json
 import os
+import signal
+import subprocess
 import tempfile
+import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
-from src.config import CONFIG_DIR
+from src.config import CONFIG_DIR, is_system_metric
 from src.errors import ConfigError
+from src.store import is_sweep_parent
 from src.sweep import check_remote_launch
-from tests.helpers import error_lines, run_module, split_runs
+from src.train import train
+from tests.helpers import cli, error_lines, run_module, split_runs
 
 SERVER = "mlflow.tracking_uri=http://127.0.0.1:5000"
 ABSOLUTE = ["data.path=/data/HIGGS.csv.gz", "hydra.sweep.dir=/shared/multirun/x"]
@@ -80,6 +88,79 @@ def test_a_submitit_local_sweep_runs_every_job_in_its_own_process_at_most_two_at
     assert "4 FINISHED" in proc.stderr
     client = MlflowClient(uri)
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 2 for r in children)
+
+
+def _epoch_histories(client, run_id):
+    """Every epoch metric as (step, value) pairs in step order: a step logged twice shows."""
+    keys = [k for k in client.get_run(run_id).data.metrics if not is_system_metric(k)]
+    return {k: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)]
+            for k in keys}
+
+
+def _job_runs(client, experiment_name):
+    """The runs of an experiment but its sweep's parent."""
+    runs = client.search_runs([client.get_experiment_by_name(experiment_name).experiment_id])
+    return [r for r in runs if not is_sweep_parent(r)]
+
+
+@pytest.mark.slow
+def test_a_submitit_job_preempted_mid_training_ends_killed_is_requeued_and_resumes_its_run_bit_identically(
+        tmp_path, higgs_file, make_cfg, store_overrides, tracking_uri):
+    import psutil
+
+    # SLURM signals a job step with USR2 (--signal=USR2@N, or at preemption): sent here to submitit_local's job.
+    # train.checkpoint_every=0: the only checkpoint is the one the interrupt saves
+    tiny = ["model=tiny", "reg=l2_dropout", "train.epochs=30", "train.batch_size=100", "train.checkpoint_every=0",
+            "data.n_validation=500", "data.n_train=6000"]
+    log = open(tmp_path / "sweep.log", "w")
+    sweep = subprocess.Popen(cli(
+        "-m", "hydra/launcher=submitit_local", *tiny, "resume=true", f"data.path={higgs_file}", "quiet=true",
+        "mlflow.log_models=false", *store_overrides, "mlflow.experiment_name=preempted",
+        f"hydra.sweep.dir={tmp_path}/sweep"), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        epoch_log, deadline = tmp_path / "sweep" / "0" / "train.log", time.monotonic() + 300
+
+        def wait_for(text):
+            while not (epoch_log.exists() and text in epoch_log.read_text()):
+                assert sweep.poll() is None and time.monotonic() < deadline, \
+                    (tmp_path / "sweep.log").read_text()[-3000:]
+                time.sleep(0.02)
+
+        wait_for("")  # the job's log: its process is running
+        [job] = [p for p in psutil.Process(sweep.pid).children(recursive=True)
+                 if "submitit.core._submit" in " ".join(p.cmdline())]
+        controller = job.parent()  # submitit_local's stand-in for SLURM: it starts the job again when it is requeued
+        wait_for("epoch 3:")
+        controller.suspend()  # holds the requeue until the stopped run has been looked at
+        job.send_signal(signal.SIGUSR2)
+        while job.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the preempted job did not end"
+            time.sleep(0.02)
+        client = MlflowClient(tracking_uri)
+        [run] = _job_runs(client, "preempted")
+        assert run.info.status == "KILLED" and run.data.tags["pid"] == str(job.pid)
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/a"]
+        stopped_after = json.loads((Path(urlparse(run.info.artifact_uri).path) / "checkpoint/a/state.json")
+                                   .read_text())["epoch"]
+        assert 3 <= stopped_after < 29  # mid-training
+        controller.resume()
+        assert sweep.wait(300) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+            sweep.wait()
+        log.close()
+
+    # submitit requeued the same job (same overrides, resume=true): the same run continued from its checkpoint
+    assert any("Requeued job" in f.read_text() for f in (tmp_path / "sweep" / ".submitit").rglob("*_log.*"))
+    assert f"continues run {run.info.run_id} from its checkpoint after epoch {stopped_after}" in epoch_log.read_text()
+    [resumed] = _job_runs(client, "preempted")
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    assert resumed.data.tags["resumed"] == "1" and resumed.data.tags["pid"] != str(job.pid)
+    assert "error" not in resumed.data.tags
+    whole = train(make_cfg(*tiny, "mlflow.experiment_name=whole"))
+    assert _epoch_histories(client, resumed.info.run_id) == _epoch_histories(client, whole.run_id)
 
 
 def test_a_job_on_a_machine_without_the_sweep_folder_finds_its_parent_through_the_store(tmp_path, tracking_uri):
