@@ -237,8 +237,9 @@ if __name__ == "__main__":
     sys.stdout, sys.stderr = RedactedStream(sys.stdout), RedactedStream(sys.stderr)
     handle_interrupts()  # SIGTERM ends a sweep like Ctrl-C: its parent KILLED, the summary printed, workers stopped
     compat.one_line_config_errors(composition_error_line)
-    # conf/hydra/launcher/ray.yaml replaces hydra-ray-launcher's own `ray` option on purpose (see that file)
-    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
+    # conf/hydra/launcher/ray.yaml and submitit_slurm.yaml replace the plugins' own options on purpose (see them)
+    warnings.filterwarnings("ignore",
+                            message=r"\s*'hydra/launcher/(ray|submitit_slurm)' is validated against ConfigStore schema")
     search.register_sweeper()
     try:
         main()

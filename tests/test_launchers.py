@@ -41,26 +41,26 @@ def _composed(*overrides):
 ])
 def test_a_remote_launch_that_could_not_reach_the_store_or_the_files_is_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        check_remote_launch(_composed("hydra/launcher=slurm", *overrides))
+        check_remote_launch(_composed("hydra/launcher=submitit_slurm", *overrides))
 
 
 def test_a_remote_launch_with_a_server_and_absolute_paths_passes_and_local_launchers_are_not_checked():
-    check_remote_launch(_composed("hydra/launcher=slurm", SERVER, *ABSOLUTE))
-    check_remote_launch(_composed("hydra/launcher=slurm", SERVER, *ABSOLUTE, "hydra/sweeper=optuna",
+    check_remote_launch(_composed("hydra/launcher=submitit_slurm", SERVER, *ABSOLUTE))
+    check_remote_launch(_composed("hydra/launcher=submitit_slurm", SERVER, *ABSOLUTE, "hydra/sweeper=optuna",
                                   "hydra.sweeper.storage=postgresql+psycopg2://u@db/optuna"))
     for launcher in ("basic", "joblib", "submitit_local"):  # jobs on this machine reach its files and store
         check_remote_launch(_composed(f"hydra/launcher={launcher}", "data.path=relative.csv.gz"))
 
 
 def test_the_slurm_launcher_has_the_projects_defaults_over_submitits():
-    launcher = _composed("hydra/launcher=slurm").hydra.launcher
+    launcher = _composed("hydra/launcher=submitit_slurm").hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.timeout_min, launcher.cpus_per_task, launcher.max_num_timeout) == (240, 4, 3)
 
 
 @pytest.mark.slow
 def test_a_refused_remote_launch_is_one_line_and_creates_nothing(tmp_path):
-    proc = run_module("src.train", ["-m", "hydra/launcher=slurm", "reg=none,l2", f"hydra.sweep.dir={tmp_path}/sweep",
+    proc = run_module("src.train", ["-m", "hydra/launcher=submitit_slurm", "reg=none,l2", f"hydra.sweep.dir={tmp_path}/sweep",
                                     f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"], cwd=tmp_path)
     assert proc.returncode == 1
     [line] = error_lines(proc.stderr)
@@ -207,19 +207,20 @@ def ray_cluster(tmp_path):
 def test_a_ray_sweep_runs_each_job_in_a_fresh_worker_under_one_parent_and_reports_failures_alike(
         tmp_path, higgs_file, ray_cluster, mlflow_server):
     proc = run_module("src.train", [
-        "-m", "hydra/launcher=ray", "reg=none,l2", "train.batch_size=250,5000", "model=tiny", "train.epochs=2",
+        "-m", "hydra/launcher=ray", "reg=none,l2", "train.learning_rate=1e30,0.001", "model=tiny", "train.epochs=2",
         f"data.path={higgs_file}", "data.n_validation=500", "data.n_train=1000", "quiet=true",
         "mlflow.log_models=false", f"hydra.sweep.dir={tmp_path}/sweep", f"mlflow.tracking_uri={mlflow_server.url}",
     ], cwd=tmp_path, env={"RAY_ADDRESS": ray_cluster, "RAY_USAGE_STATS_ENABLED": "0"})
-    # batch 5000 > the 1000 training rows: those two jobs fail, as they would with any launcher
+    # at learning rate 1e30 two jobs diverge in their first epoch, as they would with any launcher
     assert proc.returncode == 1, proc.stderr[-3000:]
     [parent], children = split_runs(mlflow_server.url)
-    assert parent.info.status == "FAILED" and len(children) == 2  # a failing job stops before its run exists
-    assert all(r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == parent.info.run_id
-               for r in children)
-    assert len({r.data.tags["pid"] for r in children}) == 2  # max_calls=1: a fresh worker process per job
-    assert "2 FAILED, 2 FINISHED" in proc.stderr and "train.batch_size=5000: larger than data.n_train=1000" \
-        in proc.stderr
+    assert parent.info.status == "FAILED" and len(children) == 4
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    status = sorted((r.data.params["train.learning_rate"], r.info.status) for r in children)
+    assert status == [("0.001", "FINISHED")] * 2 + [("1e+30", "FAILED")] * 2, status
+    assert all("diverged" in r.data.tags["error"] for r in children if r.info.status == "FAILED")
+    assert len({r.data.tags["pid"] for r in children}) == 4  # max_calls=1: a fresh worker process per job
+    assert "2 FAILED, 2 FINISHED" in proc.stderr and "training diverged" in proc.stderr
 
 
 def test_a_multi_worker_sweep_is_refused_before_anything_starts(tmp_path):
