@@ -3,6 +3,9 @@
 A process killed with `kill -9` (or by the out-of-memory killer) cannot end its run; the
 next command that touches the experiment sees that the run's process is gone (same host),
 or that its heartbeat stopped (another host), and marks the run FAILED with a `dead` tag.
+
+A process resuming a run claims it with a token naming the process (`claim_token`); a claim
+whose process died before it took the run up is told apart by `claim_dead_reason`.
 """
 
 import logging
@@ -10,6 +13,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -24,10 +28,12 @@ def _process_start(pid: int) -> Optional[str]:
     """The boot and the start time (clock ticks since boot) of a process: unique for its life, unlike the PID."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        ticks = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return f"{boot}:{ticks}"
+    if len(fields) < 20 or fields[0] == "Z":  # a zombie has exited: only its parent has not collected it yet
+        return None
+    return f"{boot}:{fields[19]}"
 
 
 def process_tags() -> Dict[str, str]:
@@ -58,6 +64,39 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def claim_token() -> str:
+    """A claim on a run by this process: its identity, the time, and a nonce that no other claim shares."""
+    return (f"host={socket.gethostname()} pid={os.getpid()} start={_process_start(os.getpid()) or 'unknown'} "
+            f"at={time.time():.3f} id={uuid.uuid4().hex[:12]}")
+
+
+def claim_owner(token: Optional[str]) -> str:
+    """Who wrote a claim, for an error line: `process PID on HOST`."""
+    fields = _claim_fields(token)
+    return f"process {fields.get('pid', '?')} on {fields.get('host', '?')}" if fields else "no claim"
+
+
+def claim_dead_reason(token: str, now: Optional[float] = None) -> Optional[str]:
+    """Why the process that wrote a claim cannot be taking the run up (gone, this very process, or silent for
+    DEAD_AFTER_SECONDS on another host), or None while it may be."""
+    fields = _claim_fields(token)
+    if fields.get("host") == socket.gethostname() and _process_start(os.getpid()) is not None:
+        pid = int(fields.get("pid", "0"))
+        if pid == os.getpid() and fields.get("start") == _process_start(pid):
+            return "it is this process's own earlier claim, which did not take"  # claims here are one at a time
+        started = _process_start(pid)
+        if started is None or fields.get("start") not in ("unknown", started):
+            return f"its process {pid} is gone"
+        return None
+    age = (now or time.time()) - float(fields.get("at", "0") or 0)
+    # a claim is taken up (the run RUNNING) within seconds: one this old is a process that died in between
+    return f"it is {age / 60:.0f} min old and was never taken up" if age > DEAD_AFTER_SECONDS else None
+
+
+def _claim_fields(token: Optional[str]) -> Dict[str, str]:
+    return dict(part.split("=", 1) for part in (token or "").split() if "=" in part)
 
 
 def dead_reason(run, now: Optional[float] = None) -> Optional[str]:

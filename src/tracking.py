@@ -1,6 +1,7 @@
 """The MLflow store, write side: one run per job with its provenance, per-epoch metrics and a true end state."""
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from src.config import (
 )
 from src.errors import NonFiniteLossError, RunInterrupted, TrackingError, UserError
 from src.interrupts import signals_blocked
-from src.liveness import Heartbeat, process_tags, reap_dead_runs
+from src.liveness import Heartbeat, claim_dead_reason, claim_owner, claim_token, process_tags, reap_dead_runs
 from src.redaction import redact
 from src.store import (
     CONFIG_ARTIFACT,
@@ -42,10 +43,16 @@ from src.writer import MetricWriter, StoreWriteError, store_error_line
 
 log = logging.getLogger(__name__)
 
-RESUME_CLAIM_TAG = "resume_claim"
-CLAIM_SETTLE_SECONDS = 0.5
+RESUME_CLAIM_TAG = "resume_claim"  # the claim of the process that holds the run now; none on a run never resumed
+# The n-th resume of a run is claimed by a param: the store keeps the first value a param is logged with and
+# refuses any other (a unique key in its database), so of processes that claim the same resume, one wins
+CLAIM_PARAM = "resume.claim.{}"
 
 FINISHED, FAILED, KILLED, SKIPPED = "FINISHED", "FAILED", "KILLED", "SKIPPED"
+
+
+class RunTakenOver(TrackingError):
+    """Another process has claimed the run this one is training: this one stops, writing nothing more to it."""
 
 
 # --- provenance ---------------------------------------------------------------
@@ -153,6 +160,8 @@ class TrackedRun:
     result: RunResult = None
     client: Any = None
     already_logged: set = field(default_factory=set)  # epochs a resumed run had logged before it stopped
+    claim: Optional[str] = None  # this process's claim on a resumed run (RESUME_CLAIM_TAG); None on a new run
+    taken_over: Optional[str] = None  # the error line, once another process has claimed the run
 
     def __post_init__(self) -> None:
         self.client = self.client or client(self.tracking_uri)
@@ -160,6 +169,8 @@ class TrackedRun:
 
     def log_epoch(self, epoch: int, metrics: Dict[str, float]) -> None:
         """All of one epoch's metrics in a single write, step = epoch index, off the training thread."""
+        if self.taken_over:  # found by the last checkpoint's write: this process stops, writing nothing more
+            raise RunTakenOver(self.taken_over)
         started = time.perf_counter()
         for key, value in metrics.items():
             self.result.history.setdefault(key, []).append(float(value))
@@ -216,6 +227,20 @@ class TrackedRun:
     def log_artifact(self, path: Path, artifact_path: str) -> None:
         """One local file into the run's artifacts, under `artifact_path`."""
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_checkpoint(self, path: Path, artifact_path: str) -> None:
+        """A checkpoint's file into the run's artifacts, if the run is still this process's (`check_claim`)."""
+        self.check_claim()
+        self.log_artifact(path, artifact_path)
+
+    def check_claim(self) -> None:
+        """RunTakenOver if another process has claimed the run since this one did (it took this process for dead:
+        a host frozen past the heartbeat's limit); the next epoch's end then stops training."""
+        holder = self.client.get_run(self.run_id).data.tags.get(RESUME_CLAIM_TAG)
+        if holder != self.claim:
+            self.taken_over = (f"run {self.run_id} was resumed by {claim_owner(holder)} meanwhile: this process "
+                               "stops and leaves the run to it")
+            raise RunTakenOver(self.taken_over)
 
     def set_tags(self, tags: Dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -325,18 +350,24 @@ def tracked_run(
         reap_dead_runs(mlflow_client, exp_id)  # runs whose process was killed (kill -9, out of memory) end FAILED
     except MlflowException as exc:
         raise TrackingError(f"mlflow.tracking_uri={redact(uri)}: cannot start a run ({store_error_line(exc)})") from None
-    run_id = writer = heartbeat = system_metrics = None
+    run_id = writer = heartbeat = system_metrics = claim = tracked = None
     status = RunStatus.FAILED
+
+    def ours() -> bool:  # a run another process has claimed since is its alone: not a word more to it from here
+        return tracked is None or not tracked.taken_over
+
     try:
         try:
             if resume_run_id is None:
                 run_id = mlflow_client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
             else:
-                run_id = _claim(mlflow_client, resume_run_id, tags)
+                with signals_blocked():  # a claim won is a run taken: Ctrl-C lands once the run is RUNNING here
+                    claim = _claim(mlflow_client, resume_run_id, tags)
+                    run_id = resume_run_id
         except MlflowException as exc:
             raise TrackingError(f"mlflow.tracking_uri={redact(uri)}: cannot start a run ({store_error_line(exc)})") from None
         writer = MetricWriter(mlflow_client, run_id, uri, cfg.mlflow.retry_seconds, output_dir)
-        tracked = TrackedRun(uri, run_id, exp_id, run_name, writer, client=mlflow_client)
+        tracked = TrackedRun(uri, run_id, exp_id, run_name, writer, client=mlflow_client, claim=claim)
         heartbeat = Heartbeat(mlflow_client, run_id)
         if cfg.mlflow.system_metrics:
             system_metrics = _start_system_metrics(run_id, uri, cfg.mlflow.system_metrics_seconds,
@@ -360,7 +391,7 @@ def tracked_run(
             tracked.result.error = store_error_line(exc)
             with signals_blocked():
                 writer.abandon()
-                if not isinstance(exc, StoreWriteError):
+                if not isinstance(exc, StoreWriteError) and ours():
                     _quietly(_record_failure, mlflow_client, run_id, exc)
     except KeyboardInterrupt as exc:
         status = RunStatus.KILLED
@@ -369,7 +400,8 @@ def tracked_run(
         with signals_blocked():
             if writer is not None:
                 writer.abandon()
-            _quietly(mlflow_client.set_tag, run_id, "error", "interrupted (SIGINT/SIGTERM)")
+            if ours():
+                _quietly(mlflow_client.set_tag, run_id, "error", "interrupted (SIGINT/SIGTERM)")
         raise RunInterrupted(run_id) from exc
     finally:
         with signals_blocked():  # a second Ctrl-C must not leave the run RUNNING
@@ -381,7 +413,7 @@ def tracked_run(
                 writer.abandon()
             # a store known to be gone was reported already; trying costs nothing
             broken = writer is not None and bool(writer.broken)
-            if run_id is not None:
+            if run_id is not None and ours():
                 _quietly(mlflow_client.set_terminated, run_id, RunStatus.to_string(status), quiet=broken)
 
 
@@ -406,28 +438,56 @@ def _stop_system_metrics(monitor, timeout: float = 5.0) -> None:
 
 
 def _claim(mlflow_client, run_id: str, tags: Dict[str, str]) -> str:
-    """Take over a stopped run to resume it: RUNNING again, with this process's identity; a lease no other
-    process can also hold (the last claim written wins; a process that reads another's claim backs off)."""
-    import uuid
+    """Take over a stopped run to resume it: claim its next resume (CLAIM_PARAM: one process wins it), then mark
+    it RUNNING with this process's identity. Returns the claim; TrackingError if another process holds the run."""
+    from mlflow.entities import RunTag
 
+    # The resume count first, then the status: the count is raised once the run is RUNNING, so a count read
+    # before a stopped status belongs to a resume that has ended (in one read the two may be seen out of order)
+    resumes = int(mlflow_client.get_run(run_id).data.tags.get("resumed", "0"))
     run = mlflow_client.get_run(run_id)
     if run.info.status == "RUNNING":
         raise TrackingError(f"run {run_id} is RUNNING in process {run.data.tags.get('pid', '?')} on "
                             f"{run.data.tags.get('host', '?')}: another process is training or resuming it")
-    claim = f"{tags.get('host')}:{tags.get('pid')}:{uuid.uuid4().hex}"
-    mlflow_client.set_tag(run_id, RESUME_CLAIM_TAG, claim)
-    time.sleep(CLAIM_SETTLE_SECONDS)  # a process that claimed at the same time has written its claim by now
-    if mlflow_client.get_run(run_id).data.tags.get(RESUME_CLAIM_TAG) != claim:
-        raise TrackingError(f"run {run_id} is being resumed by another process")
-    from mlflow.entities import RunTag
-
+    if run.info.status not in (KILLED, FAILED):
+        raise TrackingError(f"run {run_id} is {run.info.status}: another process resumed it to its end meanwhile")
+    claim = claim_token()
+    for attempt in itertools.count(1):
+        # a later attempt only past a claim whose process died before it took the run up
+        key = CLAIM_PARAM.format(resumes + 1) + (f".{attempt}" if attempt > 1 else "")
+        holder = _write_once(mlflow_client, run_id, key, claim)
+        if holder == claim:
+            break
+        dead = claim_dead_reason(holder)
+        if dead is None:
+            raise TrackingError(f"run {run_id} is being resumed by another process ({claim_owner(holder)})")
+        log.warning("resume: run %s's claim %s by %s is void (%s)", run_id, key, claim_owner(holder), dead)
+    if attempt > 1 and mlflow_client.get_run(run_id).data.tags.get("resumed", "0") != str(resumes):
+        raise TrackingError(f"run {run_id} is being resumed by another process (it was resumed meanwhile)")
+    # the identity before RUNNING: a RUNNING run is judged alive or dead by it (src/liveness.py)
+    identity = {k: v for k, v in tags.items() if k in (*process_tags(), "mlflow.source.git.commit")}
+    mlflow_client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {**identity, RESUME_CLAIM_TAG: claim}.items()])
     mlflow_client.update_run(run_id, status="RUNNING")
-    resumed = {**{k: v for k, v in tags.items() if k in (*process_tags(), "mlflow.source.git.commit")},
-               "resumed": str(int(run.data.tags.get("resumed", "0")) + 1)}
-    mlflow_client.log_batch(run_id, tags=[RunTag(k, v) for k, v in resumed.items()])
+    mlflow_client.set_tag(run_id, "resumed", str(resumes + 1))  # after RUNNING (see above)
     if "error" in run.data.tags:  # it said why it stopped; it goes on now
         mlflow_client.delete_tag(run_id, "error")
-    return run_id
+    return claim
+
+
+def _write_once(mlflow_client, run_id: str, key: str, value: str) -> Optional[str]:
+    """Log a param unless the run has it; the value it holds now (`value` if this call set it)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.log_param(run_id, key, value)
+        refused = None
+    except MlflowException as exc:  # INVALID_PARAMETER_VALUE: it holds another value (else the read says why)
+        refused = exc
+    # read back even when taken: a folder store (no database) checks, then writes, and two writers both pass
+    held = mlflow_client.get_run(run_id).data.params.get(key)
+    if held is None:
+        raise refused or TrackingError(f"run {run_id}: the store dropped the param {key}")
+    return held
 
 
 def _log_inputs(mlflow_client, run_id: str, cfg: DictConfig, overrides, datasets: Dict[str, Any]) -> None:

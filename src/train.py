@@ -107,7 +107,7 @@ def train(
         log.info("run %s: %s", run.run_id, name)
         checkpointer = checkpoints.Checkpointer(
             cfg.train.checkpoint_every, staging / checkpoints.ARTIFACT_DIR, history=run.result.history,
-            upload=run.log_artifact,
+            upload=run.log_checkpoint,  # each checkpoint first checks the run is still this process's
             resumed_slot=resume.slot if resume else None,
         )
         settings = loops.LoopSettings.from_config(
