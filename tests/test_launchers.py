@@ -231,3 +231,37 @@ def test_a_multi_worker_sweep_is_refused_before_anything_starts(tmp_path):
     [line] = error_lines(proc.stderr)
     assert line.startswith("train.strategy=multi_worker: one run across the workers, not a sweep")
     assert not (tmp_path / "m.db").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_ray_sweep_ends_its_running_job_and_the_sweep_killed(tmp_path, higgs_file, ray_cluster,
+                                                                          mlflow_server):
+    import sys
+
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "src.train", "-m", "hydra/launcher=ray", "reg=none,l2", "model=large", "train.epochs=100",
+         f"data.path={higgs_file}", "data.n_train=9984", "quiet=true", "mlflow.log_models=false",
+         f"hydra.sweep.dir={tmp_path}/sweep", f"mlflow.tracking_uri={mlflow_server.url}"],
+        cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": ray_cluster, "RAY_USAGE_STATS_ENABLED": "0"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    epoch_log, deadline = tmp_path / "sweep" / "0" / "train.log", time.monotonic() + 300
+    try:
+        while not (epoch_log.exists() and "epoch 3:" in epoch_log.read_text()):  # the first job is training
+            assert sweep.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        sweep.send_signal(signal.SIGINT)
+        out, _ = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+            sweep.wait()
+    assert sweep.returncode == 130, out[-3000:]
+    [parent], [job] = split_runs(mlflow_server.url)  # the second job never started
+    assert parent.info.status == job.info.status == "KILLED", out[-3000:]
+    assert "1 KILLED" in out
+    import psutil
+
+    worker, until = int(job.data.tags["pid"]), time.monotonic() + 30
+    while psutil.pid_exists(worker):  # Ray ends the job's worker with its driver: nothing trains on
+        assert time.monotonic() < until, "the job's Ray worker outlived its sweep"
+        time.sleep(0.2)
