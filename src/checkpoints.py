@@ -116,6 +116,7 @@ def resume_point(tracking_uri: str, experiment_name: str, digest: str, epochs: i
     if run is None:
         return None
     run_id, mlflow_client = run.info.run_id, client(tracking_uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file is noise in a job's log
     try:
         present = {Path(a.path).name for a in mlflow_client.list_artifacts(run_id, ARTIFACT_DIR)}
         candidates, problems = [], []
