@@ -2,6 +2,7 @@
 
 import mlflow.data
 import numpy as np
+import pytest
 from mlflow.entities import Dataset
 
 from src import compat
@@ -93,11 +94,11 @@ def test_a_failed_hydra_job_gives_back_the_exception_it_raised(tmp_path):
     assert compat.job_exception(result) is raised and compat.job_exception(result).run_id == "abc"
 
 
+@pytest.mark.slow  # ~7 s (Keras saves and loads); what it guards only changes with an MLflow upgrade
 def test_mlflows_keras_flavor_still_writes_the_input_example_before_its_folder(tmp_path):
     """When this fails, MLflow has fixed its Keras flavor: `compat.keras_flavor` can go (use `mlflow.keras`)."""
     import keras
     import mlflow.keras
-    import pytest
 
     model = keras.Sequential([keras.Input([2]), keras.layers.Dense(1)])
     example = np.zeros((1, 2), np.float32)

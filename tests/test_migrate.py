@@ -34,6 +34,7 @@ def _fail_on_call(monkeypatch, method: str, n: int) -> None:
     monkeypatch.setattr(MlflowClient, method, failing)
 
 
+@pytest.mark.slow  # the default suite's budget; the PostgreSQL migration test checks logged models too
 def test_a_runs_logged_models_move_with_it_and_score_as_before(make_cfg, tracking_uri, tmp_path, monkeypatch,
                                                                 capsys):
     run_id = train(make_cfg("mlflow.log_models=true", "train.epochs=1")).run_id

@@ -121,6 +121,7 @@ def _diverging_search_args(folder, higgs_file, space):
     return [*args, "hydra.sweeper.sampler.seed=11", "train.epochs=2", space]
 
 
+@pytest.mark.slow  # ~18 s: the default suite has a real search already (the pruning one)
 def test_a_trial_that_diverges_fails_alone_and_the_search_goes_on(tmp_path, higgs_file, tracking_uri):
     proc = run_module("src.train", _diverging_search_args(tmp_path, higgs_file, "train.learning_rate=choice(1e30, 1e-3)")
                       + [f"mlflow.tracking_uri={tracking_uri}", "hydra.sweeper.study_name=d"], cwd=tmp_path)
