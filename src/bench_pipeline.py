@@ -2,11 +2,11 @@
 
 import argparse
 import math
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -79,13 +79,27 @@ def peak_rss_bytes(args: argparse.Namespace, data: Path, cache: Path, n: int, tm
         f"mlflow.tracking_uri=sqlite:///{tmp}/mlflow.db", f"mlflow.artifact_location={tmp}/artifacts",
         f"hydra.run.dir={tmp}/outputs/{n}",
     ]
-    proc = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not the largest of all children
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed: {proc.stderr.read().decode()[-2000:]}")
-    proc.stderr.close()
-    return usage.ru_maxrss * 1024  # Linux reports KiB
+    # the child's own high-water mark (VmHWM), read while it runs: its ru_maxrss would start from this process's RSS
+    # at the fork (Linux keeps the larger of the two across exec), which in a long test session is over a GiB
+    peak = 0
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        while proc.poll() is None:
+            peak = max(peak, _high_water_mark(proc.pid))
+            time.sleep(0.02)
+        if proc.returncode:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(command)} failed: {err.read().decode()[-2000:]}")
+    return peak
+
+
+def _high_water_mark(pid: int) -> int:
+    """A running process's peak resident memory so far, in bytes (0 once it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[int, float]]:
