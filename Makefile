@@ -11,7 +11,7 @@ DBPORT  ?= 5433
 ARTIFACTS ?= $(CURDIR)/mlruns/artifacts
 TO      ?=
 
-.PHONY: install data train sweep search ui server db db-stop migrate test test-slow reproduce compare bench clean
+.PHONY: install data train sweep search ui server db db-stop migrate test test-slow lint docs docs-serve reproduce compare bench clean
 
 install:  ## create .venv and install the project with its test tools
 	python3 -m venv .venv
@@ -57,6 +57,15 @@ test:  ## the default test suite: about 2 minutes on 2 cores (two pytest-xdist w
 
 test-slow:  ## the long tests: 5-epoch parity, parallel sweeps, 2 replicas, store and server faults, a real mlflow server
 	$(PY) -m pytest -m slow
+
+lint:  ## the layer contract: imports only go down the layers declared in pyproject.toml (import-linter)
+	.venv/bin/lint-imports
+
+docs:  ## build the docs site into site/ (strict: a broken link or a missing page fails)
+	.venv/bin/mkdocs build --strict
+
+docs-serve:  ## preview the docs site on http://127.0.0.1:8000
+	.venv/bin/mkdocs serve
 
 reproduce:  ## rerun a logged run exactly: make reproduce RUN=<run id>
 	$(PY) -m src.reproduce $(RUN) $(ARGS)

@@ -17,7 +17,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from src.config import CONFIG_DIR, PROJECT_ROOT
+from src.core.schema import CONFIG_DIR, PROJECT_ROOT
 from tests.helpers import free_port
 
 SAMPLE = Path(os.environ.get("HIGGS_SAMPLE", PROJECT_ROOT.parent / "shared" / "data" / "higgs_sample.csv.gz"))
@@ -46,7 +46,7 @@ def higgs_file(tmp_path_factory) -> Path:
 def migrated_store(tmp_path_factory) -> Path:
     """An empty store, created and migrated by the project's own `ensure_store` once per session (per xdist
     worker): each test starts from a copy instead of paying MLflow's ~2 s of schema migrations."""
-    from src.store import ensure_store
+    from src.tracking.store import ensure_store
 
     db = tmp_path_factory.mktemp("migrated_store") / "mlflow.db"
     ensure_store(f"sqlite:///{db}")
@@ -133,7 +133,7 @@ def postgres(tmp_path_factory):
     mlflow and optuna; stopped after the test."""
     import tempfile
 
-    from src.db import Cluster, binaries
+    from src.ops.db import Cluster, binaries
 
     if binaries() is None:
         pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed here")

@@ -10,8 +10,8 @@ from typing import Dict, List, Sequence
 
 from mlflow import MlflowClient
 
-from src.config import store_metric_name
-from src.store import ensure_store, is_sweep_parent, metric_histories
+from src.core.metrics import store_metric_name
+from src.tracking.store import ensure_store, is_sweep_parent, metric_histories
 
 EXPERIMENT = "overfit-and-underfit"
 

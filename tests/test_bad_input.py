@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException, OverrideParseException
 
-from src.config import compose_config
-from src.errors import UserError, composition_error_line
-from src.train import train
+from src.core.config import compose_config
+from src.core.errors import UserError, composition_error_line
+from src.experiments.train import train
 from tests.helpers import error_lines, free_port, run_module
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

@@ -5,14 +5,14 @@ A smoke test, not a timing assertion: the numbers depend on the machine and its 
 
 import json
 import math
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from src import bench
-from src.config import PROJECT_ROOT
+from src.bench import run as bench
+from src.core.schema import PROJECT_ROOT
 
 
 def test_help_documents_every_option_with_its_default():
@@ -136,7 +136,7 @@ def test_a_run_that_does_not_finish_stops_the_bench_with_one_line(higgs_file, ca
 
 
 def test_bench_pipeline_prints_per_step_time_for_each_size(capsys):
-    from src import bench_pipeline
+    from src.bench import pipeline as bench_pipeline
 
     result = bench_pipeline.main(["--rows", "1000", "3000", "--epochs", "2", "--no-rss"])
     per_step = result["per_step_seconds"]
@@ -147,7 +147,7 @@ def test_bench_pipeline_prints_per_step_time_for_each_size(capsys):
 
 
 def test_rounds_pool_every_measured_epoch_and_keep_each_rounds_median():
-    from src.bench_loops import pool_rounds
+    from src.bench.loops import pool_rounds
 
     def round_of(epochs, logs):
         return {"warmup_epochs": 1, "epoch_seconds": epochs, "median_epoch_seconds": sorted(epochs[1:])[1],
@@ -165,8 +165,7 @@ def test_rounds_pool_every_measured_epoch_and_keep_each_rounds_median():
 
 
 def test_the_paired_tape_over_fit_ratio_has_the_same_goal_as_the_pooled_one():
-    from src import bench
-
+    from src.bench import run as bench
     from tests.helpers import bench_results
 
     results = bench_results(sweep_epochs=100)
@@ -190,6 +189,6 @@ def test_the_paired_tape_over_fit_ratio_has_the_same_goal_as_the_pooled_one():
     ("while/body/_1/while/StatefulPartitionedCall/logistic_loss/sub:Sub", "loss, metrics, penalty, dropout, everything else"),
 ])
 def test_the_op_profile_sorts_a_steps_ops_by_what_they_do(name, kind):
-    from src.bench_profile import op_kind
+    from src.bench.profile import op_kind
 
     assert op_kind(name) == kind

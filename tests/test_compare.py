@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from src.compare import main
-from src.train import train
+from src.analysis.compare import main
+from src.experiments.train import train
 from tests.helpers import expected_stats
 
 
@@ -60,7 +60,7 @@ def test_bad_input_is_one_line_error(tracking_uri, tmp_path, capsys):
 
 
 def test_a_zoomed_axis_that_cuts_the_first_epochs_off_says_so():
-    from src import plots
+    from src.analysis import plots
 
     spike = {"loss": [3.0] + [0.7 - 0.01 * i for i in range(19)], "val_loss": [2.5] + [0.72] * 19,
              "accuracy": [0.5 + 0.01 * i for i in range(20)], "val_accuracy": [0.5 + 0.005 * i for i in range(20)]}
@@ -71,7 +71,7 @@ def test_a_zoomed_axis_that_cuts_the_first_epochs_off_says_so():
 
 
 def test_run_figures_log_as_artifacts(tracking_uri):
-    from src import plots
+    from src.analysis import plots
 
     history = {"loss": [0.8, 0.7, 0.65], "val_loss": [0.82, 0.75, 0.74], "accuracy": [0.5, 0.6, 0.62], "val_accuracy": [0.5, 0.58, 0.6]}
     figures = plots.run_figures(history, "fit-none-tiny")

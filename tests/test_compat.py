@@ -1,12 +1,12 @@
-"""Every private TensorFlow, MLflow and Hydra call of src/compat.py still works: an upgrade that breaks one fails here."""
+"""Every private TensorFlow, MLflow and Hydra call of src/core/compat.py still works: an upgrade that breaks one fails here."""
 
 import mlflow.data
 import numpy as np
 import pytest
 from mlflow.entities import Dataset
 
-from src import compat
-from src.errors import composition_error_line
+from src.core import compat
+from src.core.errors import composition_error_line
 from tests.helpers import error_lines, run_module
 
 
@@ -46,7 +46,7 @@ def test_hydra_prints_a_bad_override_as_one_line(tmp_path):
 def test_composition_errors_keep_the_attributes_the_one_line_reads():
     from hydra.errors import MissingConfigException
 
-    from src.config import compose_config
+    from src.core.config import compose_config
 
     try:
         compose_config(["model=huge"])
@@ -69,7 +69,7 @@ def test_our_numpy_dataset_digest_is_mlflows_without_the_copy():
 def test_a_profiler_trace_reads_back_with_its_ops(tmp_path):
     import tensorflow as tf
 
-    from src.compat import read_xplane
+    from src.core.compat import read_xplane
 
     x = tf.ones((64, 64))
     step = tf.function(lambda a: tf.matmul(a, a))
@@ -86,7 +86,7 @@ def test_a_profiler_trace_reads_back_with_its_ops(tmp_path):
 def test_a_failed_hydra_job_gives_back_the_exception_it_raised(tmp_path):
     from hydra.core.utils import JobReturn, JobStatus
 
-    from src.errors import JobFailed
+    from src.core.errors import JobFailed
 
     raised = JobFailed("training diverged", run_id="abc")
     result = JobReturn(status=JobStatus.FAILED)

@@ -8,9 +8,10 @@ import textwrap
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from src.config import LOOP_SCHEMAS, PROJECT_ROOT, compose_config, group_options, run_name, validate
-from src.errors import ConfigError
-from src.regularizers import REGULARIZERS, knobs_on
+from src.core.config import compose_config, group_options, run_name, validate
+from src.core.errors import ConfigError
+from src.core.regularizers import REGULARIZERS, knobs_on
+from src.core.schema import LOOP_SCHEMAS, PROJECT_ROOT
 
 # The tutorial's own sizes and strengths: facts this project reproduces, not a list of options.
 TUTORIAL_MODELS = {"tiny": [16], "small": [16, 16], "medium": [64, 64, 64], "large": [512, 512, 512, 512]}
@@ -48,7 +49,7 @@ def test_the_tutorials_models_and_regularizers():
 
 
 def test_every_loop_option_has_a_schema_and_a_function():
-    from src.loops import LOOPS
+    from src.training.loops import LOOPS
 
     assert set(LOOPS) == set(LOOP_SCHEMAS) == set(group_options("loop"))
     assert set(REGULARIZERS) <= set(_compose().reg) and all("_" not in knob for knob in REGULARIZERS)
@@ -61,12 +62,12 @@ def test_a_new_regularizer_is_one_entry_and_one_conf_file(tmp_path):
     (conf / "reg" / "l1.yaml").write_text("defaults:\n  - reg_schema\n  - _self_\n\nname: l1\nl1: 0.001\n")
     script = textwrap.dedent(f"""
         import keras
-        from src import regularizers
+        from src.core import regularizers
         regularizers.REGULARIZERS["l1"] = regularizers.Regularizer(
             lambda v: v >= 0, "must be 0 or positive", kernel_penalty=lambda v: keras.regularizers.L1(v))
-        from src import config
-        from src.errors import ConfigError
-        from src.models import build_model
+        from src.core import config
+        from src.core.errors import ConfigError
+        from src.training.models import build_model
         config.CONFIG_DIR = __import__("pathlib").Path({str(conf)!r})
         cfg = config.compose_config(["reg=l1", "model=small"])
         config.validate(cfg)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from src.data import load_higgs
-from src.errors import DataError
+from src.core.errors import DataError
+from src.data.higgs import load_higgs
 from tests.helpers import free_port
 
 N_FEATURES = 28
@@ -231,7 +231,7 @@ def write_big_uci_gzip(path: Path, n_rows: int, block_rows: int = 2000, seed: in
 
 
 def _cached_rows(path: Path) -> np.ndarray:
-    from src.datacache import _entries
+    from src.data.cache import _entries
 
     (entry,) = [e for e in _entries(path.parent) if e.path == path]
     return entry.head(None)
@@ -406,7 +406,8 @@ def test_training_stream_depends_on_the_seed_alone(sample_rows):
     """Every iterator opened on the stream sees the same batches; each epoch is a fresh permutation."""
 
 
-    from src.data import HiggsSplits, make_datasets
+    from src.data.higgs import HiggsSplits
+    from src.data.pipeline import make_datasets
 
     rows = sample_rows[:300]
     splits = HiggsSplits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s")
@@ -428,7 +429,8 @@ def test_batches_cut_the_endless_concatenation_of_epoch_permutations(sample_rows
     """The stream's definition, which reruns of earlier runs rely on: a batch may span two epochs."""
     import tensorflow as tf
 
-    from src.data import HiggsSplits, make_datasets
+    from src.data.higgs import HiggsSplits
+    from src.data.pipeline import make_datasets
 
     rows = sample_rows[:153]  # 103 training rows, batches of 25: every epoch ends inside a batch
     splits = HiggsSplits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s")
@@ -443,7 +445,8 @@ def test_batches_cut_the_endless_concatenation_of_epoch_permutations(sample_rows
 
 def test_a_stream_started_at_a_step_is_the_rest_of_the_whole_stream(sample_rows):
     """What a resumed run trains on: from batch k on, the uninterrupted stream's batches, epoch boundaries and all."""
-    from src.data import HiggsSplits, make_datasets
+    from src.data.higgs import HiggsSplits
+    from src.data.pipeline import make_datasets
 
     rows = sample_rows[:153]  # 103 training rows, batches of 25: epochs end inside batches
     splits = HiggsSplits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s")
@@ -456,7 +459,8 @@ def test_a_stream_started_at_a_step_is_the_rest_of_the_whole_stream(sample_rows)
 def test_the_pipelines_run_without_the_autotuning_thread_that_froze_jobs_at_their_end(sample_rows):
     # Deleting an iterator waits for tf.data's autotuning thread with the GIL held: a sweep's jobs
     # froze for 2-39 s after their last epoch, every thread idle (src/data.py: pipeline_options).
-    from src.data import HiggsSplits, make_datasets
+    from src.data.higgs import HiggsSplits
+    from src.data.pipeline import make_datasets
 
     rows = sample_rows[:300]
     splits = HiggsSplits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s")

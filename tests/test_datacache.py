@@ -1,4 +1,4 @@
-"""The parsed-rows cache (src/datacache.py) and `python -m src.data`: identity, sharing, never stale, never half-written."""
+"""The parsed-rows cache (src/data/cache.py) and `python -m src.data`: identity, sharing, never stale, never half-written."""
 
 import gzip
 import json
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from src.config import PROJECT_ROOT
-from src.data import load_higgs
-from src.datacache import HEADER_BYTES, MAGIC
-from src.errors import DataError
-from src.synthetic import uci_block, uci_text, write_uci_gzip
+from src.core.errors import DataError
+from src.core.schema import PROJECT_ROOT
+from src.data.cache import HEADER_BYTES, MAGIC
+from src.data.higgs import load_higgs
+from src.data.synthetic import uci_block, uci_text, write_uci_gzip
 
 
 def data_cfg(path, cache_dir, n_validation=100, n_train=400):
@@ -176,7 +176,7 @@ def test_the_ingest_command_reports_bad_input_in_one_line(tmp_path):
 
 def test_a_file_rewritten_during_its_ingest_is_not_cached(tmp_path, block, monkeypatch):
     """A copy still being written when a job starts: the job stops in one line, and no cache claims that content."""
-    from src import datacache
+    from src.data import cache as datacache
 
     path = tmp_path / "higgs.csv"
     path.write_bytes(uci_text(block))

@@ -1,4 +1,4 @@
-"""src/download.py: a resumable download against a real local HTTP server that cuts, ignores Range, changes or 404s."""
+"""src/data/download.py: a resumable download against a real local HTTP server that cuts, ignores Range, changes or 404s."""
 
 import hashlib
 import logging
@@ -12,9 +12,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import pytest
 
-from src import download
-from src.download import download_file, remote_identity
-from src.errors import DataError
+from src.core.errors import DataError
+from src.data import download
+from src.data.download import download_file, remote_identity
 from tests.helpers import free_port
 
 SIZE = 4 * 1024 * 1024 + 123  # not a multiple of the client's 1 MiB chunk
@@ -145,7 +145,7 @@ def test_cut_connections_resume_with_range_and_give_the_exact_bytes(tmp_path, se
     server = serve(source, cuts=[700_000, 1_500_000, 300_000])
     dest = tmp_path / "out" / "HIGGS.csv.gz"
     dest.parent.mkdir()
-    with caplog.at_level(logging.INFO, logger="src.download"):
+    with caplog.at_level(logging.INFO, logger="src.data.download"):
         assert download_file(server.url, dest, TIMEOUT) == dest
 
     assert _sha(dest) == _sha(source)
@@ -260,8 +260,8 @@ def test_every_row_of_a_url_downloads_resumably_is_cached_and_then_serves_offlin
 
     from omegaconf import OmegaConf
 
-    from src.data import load_higgs
-    from src.synthetic import uci_block, uci_text
+    from src.data.higgs import load_higgs
+    from src.data.synthetic import uci_block, uci_text
 
     block = uci_block(5000, seed=2)
     source = tmp_path / "HIGGS.csv.gz"

@@ -3,9 +3,9 @@
 import numpy as np
 from mlflow import MlflowClient
 
-from src import evaluate
-from src.evaluate import EVALUATED_RUN_TAG, scores
-from src.train import train
+from src.analysis import evaluate
+from src.analysis.evaluate import EVALUATED_RUN_TAG, scores
+from src.experiments.train import train
 
 
 def test_scores_are_the_textbook_ones():

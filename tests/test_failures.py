@@ -7,7 +7,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from src.train import train
+from src.experiments.train import train
 from tests.helpers import all_runs, cli, run_cli, split_runs
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from src.errors import TrackingError
-from src.store import ensure_store
+from src.core.errors import TrackingError
+from src.tracking.store import ensure_store
 from tests.helpers import all_runs, cli
 
 ERROR_LINE = re.compile(r"store stopped taking writes \((?P<why>[^)]*)\); run (?P<run>\w+) stopped, "
@@ -24,7 +24,7 @@ ERROR_LINE = re.compile(r"store stopped taking writes \((?P<why>[^)]*)\); run (?
 def test_concurrent_first_opens_of_a_new_store_never_corrupt_it(tmp_path):
     """Three commands starting at once on a store nobody has created yet (MLflow's first open does not lock)."""
     uri = f"sqlite:///{tmp_path}/new/mlflow.db"
-    code = f"from src.store import ensure_store; ensure_store({uri!r})"
+    code = f"from src.tracking.store import ensure_store; ensure_store({uri!r})"
     procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(3)]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errors
@@ -147,8 +147,8 @@ def test_store_locked_for_half_a_minute_loses_no_epoch(tmp_path, higgs_file):
 
 def test_a_changed_training_value_is_caught_by_the_data_digest(make_cfg, tracking_uri, tmp_path, higgs_file, capsys):
     """MLflow's dataset digest reads only the first 10,000 values (~357 rows); the run's own digest reads all."""
-    from src.reproduce import main
-    from src.train import train
+    from src.experiments.train import train
+    from src.experiments.reproduce import main
 
     lines = gzip.open(higgs_file, "rt").read().splitlines(keepends=True)[:2600]
     data = tmp_path / "data.csv"
@@ -164,11 +164,11 @@ def test_a_changed_training_value_is_caught_by_the_data_digest(make_cfg, trackin
 
 
 def test_deleted_experiment_and_moved_artifact_location_are_said_in_one_line(tracking_uri, tmp_path, caplog):
-    from src.store import experiment_id
+    from src.tracking.store import experiment_id
 
     ensure_store(tracking_uri)
     first = experiment_id(tracking_uri, "exp", str(tmp_path / "a"))
-    with caplog.at_level("WARNING", logger="src.store"):
+    with caplog.at_level("WARNING", logger="src.tracking.store"):
         assert experiment_id(tracking_uri, "exp", str(tmp_path / "b")) == first
     assert "mlflow.artifact_location=" in caplog.text and "is not used" in caplog.text and str(tmp_path / "a") in caplog.text
     MlflowClient(tracking_uri).delete_experiment(first)
@@ -180,8 +180,8 @@ def test_deleted_experiment_and_moved_artifact_location_are_said_in_one_line(tra
 
 @pytest.mark.slow  # TensorFlow takes ~10 s to give up on 40 GB
 def test_a_model_too_large_for_memory_is_a_config_error(make_cfg):
-    from src.errors import ConfigError
-    from src.models import build_model
+    from src.core.errors import ConfigError
+    from src.training.models import build_model
 
     cfg = make_cfg("model.hidden_units=[100000,100000]")
     with pytest.raises(ConfigError, match=r"^model.hidden_units=\[100000, 100000\]: the model's weights do not fit"):
@@ -189,8 +189,8 @@ def test_a_model_too_large_for_memory_is_a_config_error(make_cfg):
 
 
 def test_reproduce_refuses_a_broken_config_artifact_in_one_line(make_cfg, tracking_uri, capsys):
-    from src.reproduce import main
-    from src.train import train
+    from src.experiments.train import train
+    from src.experiments.reproduce import main
 
     run = train(make_cfg("train.epochs=1"))
     MlflowClient(tracking_uri).log_text(run.run_id, "model: [unclosed\n  reg: {", "config.yaml")
@@ -202,7 +202,7 @@ def test_reproduce_refuses_a_broken_config_artifact_in_one_line(make_cfg, tracki
 
 @pytest.mark.slow  # a second process trained, killed, then a run after it
 def test_a_run_killed_with_sigkill_is_marked_dead_by_the_next_run(tmp_path, higgs_file, make_cfg):
-    from src.train import train
+    from src.experiments.train import train
 
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     proc = _start_training(tmp_path, higgs_file)
@@ -219,7 +219,7 @@ def test_a_run_killed_with_sigkill_is_marked_dead_by_the_next_run(tmp_path, higg
 
 
 def test_compare_says_when_a_group_mixes_runs_of_different_lengths():
-    from src.report import RunData, format_table, group_runs, table_rows
+    from src.analysis.report import RunData, format_table, group_runs, table_rows
 
     def run(run_id, epochs):
         history = {k: [0.5] * epochs for k in ("binary_crossentropy", "val_binary_crossentropy", "val_accuracy")}
@@ -321,7 +321,7 @@ def test_a_server_that_dies_mid_run_stops_the_run_in_bounded_time_and_sigterm_is
 
 def test_a_reused_sweep_folder_counts_only_the_current_sweeps_jobs(tmp_path):
     """`resume=true` into a killed sweep's folder once marked the new parent KILLED from the old job files."""
-    from src.sweep import JobResult
+    from src.experiments.sweep import JobResult
 
     for job, parent, status in ((0, "old", "RUNNING"), (1, "old", "KILLED"), (0, "new", "FINISHED")):
         (tmp_path / f"{parent}{job}").mkdir()
@@ -332,7 +332,7 @@ def test_a_reused_sweep_folder_counts_only_the_current_sweeps_jobs(tmp_path):
 
 
 def test_an_artifact_location_that_cannot_be_written_is_one_line_and_the_run_failed(make_cfg, tracking_uri, tmp_path):
-    from src.train import train
+    from src.experiments.train import train
 
     (tmp_path / "a_file").write_text("not a folder\n")
     cfg = make_cfg(f"mlflow.artifact_location={tmp_path}/a_file/artifacts", "mlflow.experiment_name=unwritable")

@@ -15,11 +15,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
-from src.config import CONFIG_DIR, is_system_metric
-from src.errors import ConfigError
-from src.store import is_sweep_parent
-from src.sweep import check_remote_launch
-from src.train import train
+from src.core.errors import ConfigError
+from src.core.metrics import is_system_metric
+from src.core.schema import CONFIG_DIR
+from src.experiments.train import train
+from src.experiments.sweep import check_remote_launch
+from src.tracking.store import is_sweep_parent
 from tests.helpers import cli, error_lines, run_module, split_runs
 
 SERVER = "mlflow.tracking_uri=http://127.0.0.1:5000"
@@ -164,8 +165,8 @@ def test_a_submitit_job_preempted_mid_training_ends_killed_is_requeued_and_resum
 
 
 def test_a_job_on_a_machine_without_the_sweep_folder_finds_its_parent_through_the_store(tmp_path, tracking_uri):
-    from src.store import experiment_id
-    from src.sweep import create_parent_run, find_parent_run_id
+    from src.experiments.sweep_parent import create_parent_run, find_parent_run_id
+    from src.tracking.store import experiment_id
 
     folder = tmp_path / "multirun" / "x"  # never created here, as on another machine
     exp = experiment_id(tracking_uri, "e", str(tmp_path / "artifacts"))

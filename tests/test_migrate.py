@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from src import evaluate
-from src.migrate import MIGRATED_FROM_TAG, MigrationError, migrate
-from src.train import train
+from src.analysis import evaluate
+from src.experiments.train import train
+from src.ops.migrate import MIGRATED_FROM_TAG, MigrationError, migrate
 
 
 def _predict(tracking_uri: str, uri: str, rows: np.ndarray) -> np.ndarray:
@@ -57,7 +57,7 @@ def test_a_runs_logged_models_move_with_it_and_score_as_before(make_cfg, trackin
     # killed while linking the second model (no clean-up ran): the next migration deletes the leftovers first
     with monkeypatch.context() as patch:
         _fail_on_call(patch, "log_outputs", 2)
-        patch.setattr("src.migrate._discard_model", lambda *args: None)
+        patch.setattr("src.ops.migrate._discard_model", lambda *args: None)
         patch.setattr(MlflowClient, "delete_run", lambda *args: None)
         with pytest.raises(MigrationError):
             migrate(tracking_uri, destination_uri)

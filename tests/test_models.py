@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from src.config import EPOCH_METRICS
-from src.data import load_higgs
-from src.errors import ConfigError
-from src.monitor import EpochMonitor
-from src.train import train
+from src.core.errors import ConfigError
+from src.core.metrics import EPOCH_METRICS
+from src.data.higgs import load_higgs
+from src.experiments.train import train
+from src.training.monitor import EpochMonitor
 
 STOPPING = ["train.epochs=12", "train.early_stopping.enabled=true", "train.early_stopping.patience=2",
             "train.early_stopping.min_delta=0.004", "train.lr_schedule=inverse_time", "train.lr_decay_epochs=2",

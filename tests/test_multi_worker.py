@@ -13,8 +13,8 @@ from typing import Dict, List, Sequence
 import pytest
 from mlflow import MlflowClient
 
-from src.errors import ConfigError
-from src.train import train
+from src.core.errors import ConfigError
+from src.experiments.train import train
 from tests.helpers import all_runs, error_lines, free_port, history, run_cli, run_module
 
 KEYS = ("loss", "val_loss", "binary_crossentropy", "val_binary_crossentropy", "accuracy", "val_accuracy", "reg_loss")
@@ -164,7 +164,7 @@ def test_configs_that_cannot_train_across_workers_are_refused_before_training(ma
 
 
 def test_the_chief_is_the_chief_task_else_worker_0_else_slurm_rank_0(make_cfg, monkeypatch):
-    from src.runtime import is_chief
+    from src.training.runtime import is_chief
 
     cfg = make_cfg("train.strategy=multi_worker", "loop=tape")
     monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -187,7 +187,7 @@ def test_the_chief_is_the_chief_task_else_worker_0_else_slurm_rank_0(make_cfg, m
 _STALLED_WORKER = """
 import sys, time
 import tensorflow as tf
-from src.runtime import make_strategy
+from src.training.runtime import make_strategy
 strategy = make_strategy("multi_worker", "CPU", collective_timeout_seconds=float(sys.argv[2]))
 step = tf.function(lambda: strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("sum", tf.constant(1.0))))
 step()

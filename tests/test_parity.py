@@ -4,7 +4,7 @@ from typing import Dict
 
 import pytest
 
-from src.train import train
+from src.experiments.train import train
 
 PARITY_METRICS = ("loss", "val_loss", "accuracy", "val_accuracy")
 # Measured on CPU (TF 2.21, Keras 3.15): the two loops agree bit for bit for every regularizer,
@@ -53,7 +53,7 @@ def test_fit_and_tape_are_twins_large_model_full_sample(make_cfg, capsys):
 def test_fit_runs_whole_epochs_of_calls_of_at_most_max_steps():
     # fit runs whole executions of steps_per_execution steps: a divisor of the epoch's steps keeps each epoch
     # exactly steps_per_epoch steps (the twins' parity above checks that end to end)
-    from src.loops import MAX_STEPS_PER_CALL, steps_per_call
+    from src.training.loop_settings import MAX_STEPS_PER_CALL, steps_per_call
 
     assert MAX_STEPS_PER_CALL == 50
     assert [steps_per_call(n) for n in (1, 19, 50, 100, 21_000, 97, 4)] == [1, 19, 50, 50, 50, 1, 4]

@@ -10,9 +10,10 @@ import yaml
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from src.reproduce import main, rebuild_config
-from src.train import train
-from src.verdict import Difference, compare_histories, dataset_warnings, runtime_warnings
+from src.experiments.train import train
+from src.experiments.reproduce import main
+from src.experiments.verdict import Difference, compare_histories, dataset_warnings, runtime_warnings
+from src.tracking.logged_config import rebuild_config
 
 
 def _reproduce(tmp_path, *args: str, env=None) -> subprocess.CompletedProcess:

@@ -16,11 +16,12 @@ from urllib.parse import urlparse
 import pytest
 from mlflow import MlflowClient
 
-from src.config import PROJECT_ROOT, is_system_metric
-from src.errors import RunInterrupted, TrackingError
-from src.store import client as store_client
-from src.tracking import _claim
-from src.train import train
+from src.core.errors import RunInterrupted, TrackingError
+from src.core.metrics import is_system_metric
+from src.core.schema import PROJECT_ROOT
+from src.experiments.train import train
+from src.tracking.claims import claim_run
+from src.tracking.store import client as store_client
 from tests.helpers import error_lines
 
 # What a job's stderr carries besides its error: MLflow's download bars, TensorFlow's C++ log (its clock as absl
@@ -85,13 +86,13 @@ def test_a_run_another_process_holds_is_not_resumed(tracking_uri, make_cfg):
     experiment = client.create_experiment("held")
     run = client.create_run(experiment)  # RUNNING, as a live job's run is
     with pytest.raises(TrackingError, match=r"is RUNNING in process .*: another process is training or resuming it"):
-        _claim(client, run.info.run_id, {})
+        claim_run(client, run.info.run_id, {})
 
 
 @pytest.fixture
 def live_process():
-    """A process that lives until the test ends: (pid, its start as src.liveness records it)."""
-    from src.liveness import _process_start
+    """A process that lives until the test ends: (pid, its start as src.tracking.liveness records it)."""
+    from src.tracking.liveness import _process_start
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     yield sleeper.pid, _process_start(sleeper.pid)
@@ -124,10 +125,10 @@ def test_a_resume_another_process_claimed_first_is_refused_unless_that_process_d
     if not void:
         with pytest.raises(TrackingError, match=rf"^run {run_id} is being resumed by another process "
                                                 rf"\(process {pid} on {host}\)$"):
-            _claim(client, run_id, {})
+            claim_run(client, run_id, {})
         assert client.get_run(run_id).info.status == "KILLED"
         return
-    claim = _claim(client, run_id, {})
+    claim = claim_run(client, run_id, {})
     run = client.get_run(run_id)
     assert run.data.params["resume.claim.1.2"] == claim == run.data.tags["resume_claim"]
     assert run.info.status == "RUNNING" and run.data.tags["resumed"] == "1"

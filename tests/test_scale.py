@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from src import bench_ingest, bench_pipeline
-from src.synthetic import write_uci_gzip
+from src.bench import ingest as bench_ingest
+from src.bench import pipeline as bench_pipeline
+from src.data.synthetic import write_uci_gzip
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,7 @@ def test_per_step_time_and_peak_memory_do_not_grow_with_the_rows(big_file, tmp_p
     import subprocess
     import sys
 
-    from src.config import PROJECT_ROOT
+    from src.core.schema import PROJECT_ROOT
 
     cache = tmp_path / "cache"
     subprocess.run([sys.executable, "-m", "src.data", str(big_file), "--cache-dir", str(cache), "--quiet"],

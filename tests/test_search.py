@@ -10,10 +10,10 @@ import optuna.distributions as od
 import pytest
 from mlflow import MlflowClient
 
-from src.config import PROJECT_ROOT
-from src.errors import ConfigError
-from src.search import Objective, search_space, trial_overrides
-from src.store import PARENT_TAG
+from src.core.errors import ConfigError
+from src.core.schema import PROJECT_ROOT
+from src.experiments.search import Objective, search_space, trial_overrides
+from src.tracking.store import PARENT_TAG
 from tests.helpers import error_lines, history, run_module, split_runs
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from src.bench_store import measure
-from src.loops import EPOCH_METRICS
-from src.migrate import MIGRATED_FROM_TAG, migrate
-from src.store import PARENT_TAG
+from src.bench.store import measure
+from src.core.metrics import EPOCH_METRICS
+from src.ops.migrate import MIGRATED_FROM_TAG, migrate
+from src.tracking.store import PARENT_TAG
 from tests.conftest import serve_mlflow
 from tests.helpers import history, run_module, split_runs
 

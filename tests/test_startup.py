@@ -6,13 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from src.bench_startup import epoch_seconds_key
-from src.config import PROJECT_ROOT
+from src.bench.startup import epoch_seconds_key
+from src.core.schema import PROJECT_ROOT
 from tests.helpers import bench_results
 
 IMPORT_CHECK = """
 import sys
-from src import compat
+from src.core import compat
 compat.import_tensorflow()
 import keras, tensorflow
 from keras.src.wrappers import fixes
@@ -43,7 +43,7 @@ def test_the_startup_probe_reads_the_epoch_time_under_either_name():
 
 
 def test_the_bench_table_has_a_whole_sweep_row_against_the_bound():
-    from src import bench
+    from src.bench import run as bench
 
     results = bench_results(sweep_epochs=100)
     rows = {row["key"]: row for row in bench.build_rows(results)}
@@ -62,7 +62,7 @@ def test_the_bench_table_has_a_whole_sweep_row_against_the_bound():
 
 
 def test_the_whole_sweep_is_off_unless_asked_for():
-    from src import bench
+    from src.bench import run as bench
 
     assert bench.parse_args([]).sweep is False
     args = bench.parse_args(["--sweep", "--sweep-epochs", "3"])
@@ -74,7 +74,7 @@ def test_mlflows_serving_input_check_is_skipped_inside_the_block_only():
 
     import mlflow.models.utils as model_utils
 
-    from src import compat
+    from src.core import compat
 
     check = model_utils._validate_serving_input
     assert list(inspect.signature(check).parameters) == ["model_uri", "serving_input"]  # what Model.log passes
@@ -85,7 +85,7 @@ def test_mlflows_serving_input_check_is_skipped_inside_the_block_only():
 
 @pytest.mark.slow  # ~40 s: a 4-run sweep in a fresh process
 def test_the_bench_times_a_whole_sweep_and_where_each_job_spent_it(higgs_file, capsys):
-    from src import bench
+    from src.bench import run as bench
 
     results = bench.main(["--model", "tiny", "--epochs", "1", "--warmup", "0", "--no-include-eager", "--no-startup",
                           "--matmul-repeats", "1", "--matmul-seconds", "0.01", "--data", str(higgs_file),

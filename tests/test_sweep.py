@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 from mlflow import MlflowClient
 
-from src.compare import main
-from src.loops import EPOCH_METRICS
-from src.store import PARENT_TAG
+from src.analysis.compare import main
+from src.core.metrics import EPOCH_METRICS
+from src.tracking.store import PARENT_TAG
 from tests.helpers import expected_stats, history, run_module, split_runs
 
 

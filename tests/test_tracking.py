@@ -6,9 +6,11 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from src.config import group_options
-from src.tracking import MetricWriter, TrackedRun, flat_params
-from src.train import train
+from src.core.config import group_options
+from src.experiments.train import train
+from src.tracking.provenance import flat_params
+from src.tracking.run import TrackedRun
+from src.tracking.writer import MetricWriter
 
 
 def test_every_loop_logs_the_same_param_keys_and_fit_says_what_it_does(make_cfg):
@@ -77,11 +79,11 @@ class _RacingStore:
     "(pymysql.err.IntegrityError) (1062, \"Duplicate entry '1-higgs-train' for key 'datasets.PRIMARY'\")",
 ])
 def test_a_dataset_that_parallel_jobs_insert_at_once_is_linked_by_a_retry(message):
-    import numpy as np
     import mlflow.data
+    import numpy as np
     from mlflow.exceptions import MlflowException
 
-    from src.tracking import log_datasets
+    from src.tracking.datasets import log_datasets
 
     data = {"training": mlflow.data.from_numpy(np.zeros((4, 28), np.float32), targets=np.zeros((4, 1)), name="t")}
     store = _RacingStore(MlflowException(message))

@@ -6,13 +6,15 @@ import pytest
 import tensorflow as tf
 from mlflow import MlflowClient
 
-from src import loops, runtime
-from src.config import group_options, store_metric_name
-from src.data import load_higgs, make_datasets
-from src.loops import EPOCH_METRICS
-from src.models import build_model
-from src.regularizers import REGULARIZERS, knobs_on
-from src.train import train
+from src.core.config import group_options
+from src.core.metrics import EPOCH_METRICS, store_metric_name
+from src.core.regularizers import REGULARIZERS, knobs_on
+from src.data.higgs import load_higgs
+from src.data.pipeline import make_datasets
+from src.experiments.train import train
+from src.training import loops, runtime
+from src.training.loop_settings import LoopSettings
+from src.training.models import build_model
 
 REGS = group_options("reg")
 
@@ -78,7 +80,7 @@ def test_accuracy_thresholds_logits_at_zero(make_cfg, loop):
     train_ds, val_ds = make_datasets(splits, cfg.train.batch_size, cfg.seed)
     model = build_model(cfg.model, cfg.reg, cfg.data.n_features)
     logged = {}
-    settings = loops.LoopSettings.from_config(
+    settings = LoopSettings.from_config(
         cfg, strategy=tf.distribute.get_strategy(), steps_per_epoch=cfg.data.n_train // cfg.train.batch_size,
         on_epoch_end=[lambda epoch, m: logged.update(m)],
     )

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from mlflow import MlflowClient
 
-from src.config import PROJECT_ROOT
+from src.core.schema import PROJECT_ROOT
 from tests.helpers import free_port, run_module, split_runs
 
 pytestmark = pytest.mark.slow

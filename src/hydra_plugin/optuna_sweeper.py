@@ -1,7 +1,7 @@
 """`hydra/sweeper=optuna`: a search with Optuna's ask/tell API, each trial launched as a job by Hydra's launcher.
 
 Written on Optuna's public API because the published hydra-optuna-sweeper pins optuna < 3; the search space,
-objective, pruning and the study's MLflow summary live in `src.search`.
+objective, pruning and the study's MLflow summary live in `src.experiments.search` and `src.experiments.study_summary`.
 """
 
 import logging
@@ -35,9 +35,12 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: List[str]) -> Any:
         from optuna.trial import TrialState
 
-        from src import compat, search
-        from src.errors import JobFailed
-        from src.sweep import read_parent_run_id
+        from src.core import compat
+        from src.core.errors import JobFailed
+        from src.core.runstates import FINISHED, PRUNED
+        from src.experiments import search
+        from src.experiments.study_summary import record_study
+        from src.experiments.sweep_parent import read_parent_run_id
 
         settings, config = self.settings, self.config
         objective = search.check_settings(settings)
@@ -63,7 +66,7 @@ class OptunaSweeper(Sweeper):
             results = self.launcher.launch(batch, initial_job_idx=job_idx)
             for trial, result in zip(trials, results):
                 outcome = result.return_value if result.status == JobStatus.COMPLETED else None
-                if outcome is None or outcome["status"] not in ("FINISHED", search.PRUNED):
+                if outcome is None or outcome["status"] not in (FINISHED, PRUNED):
                     run_id = outcome["run_id"] if outcome else getattr(compat.job_exception(result), "run_id", None)
                     if run_id:  # it trained, then failed (e.g. diverged at this trial's values): the search goes on
                         trained += 1
@@ -74,7 +77,7 @@ class OptunaSweeper(Sweeper):
                 trained += 1
                 if outcome.get("run_id"):
                     trial.set_user_attr("run_id", outcome["run_id"])  # the trial's MLflow run
-                if outcome["status"] == search.PRUNED:
+                if outcome["status"] == PRUNED:
                     study.tell(trial, state=TrialState.PRUNED)
                 else:
                     study.tell(trial, objective.value(outcome["history"]))
@@ -83,7 +86,7 @@ class OptunaSweeper(Sweeper):
             if not trained:  # every trial so far failed before training (config, data, store): the rest would too
                 break
 
-        summary = search.record_study(study, objective, parent_run_id, config.mlflow.tracking_uri) \
+        summary = record_study(study, objective, parent_run_id, config.mlflow.tracking_uri) \
             if parent_run_id else {}
         if "best_value" in summary:
             print(f"best trial {summary['best_trial']}: {objective.name}={summary['best_value']:.6g} "

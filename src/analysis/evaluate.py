@@ -1,0 +1,155 @@
+"""`python -m src.evaluate RUN_ID`: score a run's logged model on any slice of HIGGS (or a UCI-layout file)."""
+
+import argparse
+import logging
+import os
+import sys
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from src.core.errors import ConfigError, TrackingError, UserError, first_line
+from src.tracking import store
+
+log = logging.getLogger(__name__)
+
+EVALUATED_RUN_TAG = "evaluated_run_id"
+EVALUATED_MODEL_TAG = "evaluated_model"
+BCE_EPSILON = 1e-7  # Keras's clip of probabilities in its binary cross-entropy
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.evaluate",
+        description="Load a run's logged model (runs:/RUN_ID/MODEL) and score it on rows of the run's data source, "
+        "or of any file in the UCI layout: binary cross-entropy, accuracy (probability > 0.5), ROC AUC and the ROC "
+        f"curve. Logged as a new run tagged {EVALUATED_RUN_TAG}=RUN_ID (or only printed, with --no-log).",
+        epilog="examples: python -m src.evaluate RUN_ID; python -m src.evaluate RUN_ID --rows 1000:101000 "
+        "data.path=/data/HIGGS.csv.gz; exit status: 0 scored, 2 bad input",
+    )
+    parser.add_argument("run_id", metavar="RUN_ID", help="the run whose model to score")
+    parser.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
+                        help="data settings to change from the run's (e.g. data.path=FILE, data.n_validation=5000)")
+    parser.add_argument("--model", default="model", help="the logged model: model (final) or best_model")
+    parser.add_argument("--split", choices=("validation", "training"), default="validation",
+                        help="the run's validation rows (the first data.n_validation) or its training rows")
+    parser.add_argument("--rows", default=None, metavar="START:END",
+                        help="rows START to END-1 of the source instead of a split (END empty: to the end)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="the store holding the run (default: $MLFLOW_TRACKING_URI, else the project's store); "
+                        "the evaluation run is logged there too")
+    parser.add_argument("--no-log", action="store_true", help="print the scores only; log nothing")
+    return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
+
+
+def evaluation_data(cfg: DictConfig, overrides: Sequence[str], split: str, rows: Optional[str]):
+    """The rows to score and a description of them, from the run's data config with `overrides` laid over it."""
+    from src.data.higgs import source_rows
+
+    data = cfg.data
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key.startswith("data.") or key[len("data."):] not in data:
+            raise ConfigError(f"{override}: only the run's data.KEY=VALUE settings can be changed")
+        try:
+            OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)  # type-checked by the schema
+        except Exception as exc:  # OmegaConf's validation errors, YAML's
+            first = first_line(exc)
+            raise ConfigError(f"{override}: {first}") from None
+    if rows is not None:
+        start_text, sep, end_text = rows.partition(":")
+        try:
+            start, end = int(start_text or 0), (int(end_text) if end_text else None)
+        except ValueError:
+            raise ConfigError(f"--rows={rows}: expected START:END, e.g. 0:1000") from None
+        if not sep or start < 0 or (end is not None and end <= start):
+            raise ConfigError(f"--rows={rows}: expected START:END with 0 <= START < END")
+        what = "rows"
+    elif split == "validation":
+        start, end, what = 0, data.n_validation, "validation rows"
+    else:
+        start = data.n_validation
+        end = None if data.n_train == -1 else data.n_validation + data.n_train
+        what = "training rows"
+    got = source_rows(data, end, progress=False)
+    selected = got.rows[start:end]
+    if len(selected) == 0 or (end is not None and len(got.rows) < end):
+        raise ConfigError(f"{what} {start}:{end} of {data.path or data.url}: the source has {len(got.rows)} rows")
+    return np.asarray(selected[:, 1:]), np.asarray(selected[:, :1]), f"{what} {start}:{start + len(selected)}"
+
+
+def scores(y: np.ndarray, probability: np.ndarray) -> Tuple[Dict[str, float], Tuple[np.ndarray, np.ndarray]]:
+    """Binary cross-entropy, accuracy and ROC AUC of probabilities against 0/1 labels; and the ROC curve."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y, p = y.reshape(-1).astype(np.float64), probability.reshape(-1).astype(np.float64)
+    clipped = np.clip(p, BCE_EPSILON, 1 - BCE_EPSILON)
+    bce = float(-np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped)))
+    accuracy = float(np.mean((p > 0.5) == (y == 1)))
+    auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+    fpr, tpr, _ = roc_curve(y, p) if 0 < y.sum() < len(y) else (np.array([0, 1]), np.array([0, 1]))
+    return {"binary_crossentropy": bce, "accuracy": accuracy, "auc": auc, "rows": float(len(y))}, (fpr, tpr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = args.tracking_uri or store.default_tracking_uri()
+    try:
+        from src.tracking.logged_config import logged_config
+
+        client = store.open_store(uri)
+        run = store.get_run(client, args.run_id, uri)
+        cfg, _, _ = logged_config(client, run)
+        x, y, described = evaluation_data(cfg, args.overrides, args.split, args.rows)
+        probability = _predict(uri, args.run_id, args.model, x)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    values, (fpr, tpr) = scores(y, probability)
+    source = cfg.data.path or cfg.data.url
+    name = f"evaluate-{run.info.run_name}-{args.model}"
+    print(f"{name}: {described} of {store.redact(source)}")
+    for key, value in values.items():
+        print(f"  {key:<20} {value:,.0f}" if key == "rows" else f"  {key:<20} {value:.6f}")
+    if args.no_log:
+        return 0
+    from mlflow.entities import Metric, Param
+
+    from src.analysis import plots
+    from src.tracking.provenance import source_tags
+
+    tags = {**source_tags("src.evaluate"), EVALUATED_RUN_TAG: args.run_id, EVALUATED_MODEL_TAG: args.model,
+            "mlflow.note.content": f"{args.model} of run {args.run_id} scored on {described} of {store.redact(source)}"}
+    new = client.create_run(run.info.experiment_id, run_name=name, tags=tags)
+    client.log_batch(new.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in values.items()],
+                     params=[Param("rows", described), Param("source", store.redact(str(source)))])
+    figure = plots.roc_figure(fpr, tpr, values["auc"], f"ROC: {name} on {described}")
+    client.log_figure(new.info.run_id, figure, "roc.png")
+    plots.close({"roc": figure})
+    client.set_terminated(new.info.run_id)
+    print(f"logged as run {new.info.run_id} ({EVALUATED_RUN_TAG}={args.run_id})")
+    return 0
+
+
+def _predict(uri: str, run_id: str, model_name: str, x: np.ndarray) -> np.ndarray:
+    """The logged model's probabilities for `x`; a one-line error when the run has no such model."""
+    import mlflow
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(uri)
+    import keras
+
+    keras.utils.disable_interactive_logging()  # the flavor's predict would draw a progress bar on stdout
+    try:
+        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/{model_name}")
+    except Exception as exc:  # MLflow raises its own, or OSError, by artifact store
+        first = first_line(exc)
+        raise TrackingError(f"run {run_id}: no logged model {model_name!r} ({first}); runs log one unless "
+                            "mlflow.log_models=false") from None
+    return np.asarray(model.predict(x)).reshape(-1)
+

@@ -1,0 +1,1 @@
+"""Developer benchmarks (`python -m src.bench`, `src.bench_store`, `src.bench_pipeline`, `src.bench_ingest`)."""

@@ -1,0 +1,70 @@
+"""`python -m src.bench_ingest`: `python -m src.data` against `gzip -dc FILE > /dev/null` on one file, side by side."""
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+from src.core.schema import PROJECT_ROOT
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.bench_ingest",
+        description="Time a whole `python -m src.data FILE` (process start included, into a fresh cache each time) "
+        "and `gzip -dc FILE > /dev/null`, alternating, and print the medians and their ratio (target <= 1.25).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data", type=Path, default=None, help="a UCI file (default: a synthetic gzip of --rows rows)")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic file")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each command (median)")
+    return parser.parse_args(argv)
+
+
+def _seconds(command: Sequence[str], **kwargs) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, **kwargs)
+    return time.perf_counter() - started
+
+
+def measure(data: Path, repeats: int) -> Dict[str, float]:
+    """Median seconds of gzip -dc and of the ingest command on `data`, and the rows ingested."""
+    gunzip, ingest = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        for i in range(repeats):
+            with open("/dev/null", "wb") as null:
+                gunzip.append(_seconds(["gzip", "-dc", str(data)], stdout=null))
+            cache = Path(tmp) / f"cache{i}"
+            ingest.append(_seconds([sys.executable, "-m", "src.data", str(data), "--cache-dir", str(cache), "--quiet"],
+                                   cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL))
+            (rows_file,) = cache.glob("*.rows")
+            rows = (rows_file.stat().st_size - 4096) // (29 * 4)
+            shutil.rmtree(cache)
+    return {"gzip_seconds": statistics.median(gunzip), "ingest_seconds": statistics.median(ingest), "rows": rows}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-data-") as tmp:
+        data = args.data
+        if data is None:
+            from src.data.synthetic import write_uci_gzip
+
+            data = Path(tmp) / "higgs-synthetic.csv.gz"
+            print(f"writing {args.rows:,} synthetic rows to {data} ...", flush=True)
+            write_uci_gzip(data, args.rows)
+        result = measure(data, args.repeats)
+        size = data.stat().st_size
+    ratio = result["ingest_seconds"] / result["gzip_seconds"]
+    print(f"file: {size / 2**20:,.0f} MiB, {result['rows']:,} rows; median of {args.repeats}")
+    print(f"gzip -dc > /dev/null      {result['gzip_seconds']:6.2f} s")
+    print(f"python -m src.data        {result['ingest_seconds']:6.2f} s  "
+          f"({result['rows'] / result['ingest_seconds']:,.0f} rows/s)")
+    print(f"ratio                     {ratio:6.2f}  (target <= 1.25)")
+    return {**result, "ratio": ratio}
+

@@ -1,0 +1,103 @@
+"""The composed config: composition from conf/, the checks types cannot express, the run's name, its semantic part."""
+
+from enum import Enum
+from typing import List, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from src.core.errors import ConfigError
+from src.core.metrics import MONITORABLE
+from src.core.regularizers import REGULARIZERS, knobs_on, option_name
+from src.core.schema import ALL_ROWS, CONFIG_DIR, LOOP_SCHEMAS
+
+# Keys (and whole sections) that do not change what a run computes: left out of its config digest.
+NON_SEMANTIC_KEYS = ("mlflow", "quiet", "resume", "trial", "train.checkpoint_every", "train.collective_timeout_seconds",
+                     "data.cache_dir", "data.timeout_seconds")
+
+
+def is_semantic(key: str) -> bool:
+    """Whether a dotted config key can change what a run computes (see NON_SEMANTIC_KEYS)."""
+    return not any(key == k or key.startswith(k + ".") for k in NON_SEMANTIC_KEYS)
+
+
+def semantic_part(plain: dict, prefix: str = "") -> dict:
+    """A plain config without its non-semantic keys."""
+    return {k: semantic_part(v, f"{prefix}{k}.") if isinstance(v, dict) else v
+            for k, v in plain.items() if is_semantic(f"{prefix}{k}")}
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The project's config composed from conf/ with these overrides, as `python -m src.train` would."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def group_options(group: str) -> List[str]:
+    """The options of a config group: the YAML files in conf/<group>/."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """The resolved config as plain Python values (enums as their names), for params, digests and YAML."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject values that compose but cannot be trained, naming the key."""
+
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            value = OmegaConf.select(cfg, key)
+            raise ConfigError(f"{key}={value.value if isinstance(value, Enum) else value}: {why}")
+
+    need(0 <= cfg.seed < 2**32, "seed", "must be in [0, 2**32)")
+    need(cfg.train.epochs >= 1, "train.epochs", "must be at least 1")
+    need(cfg.train.batch_size >= 1, "train.batch_size", "must be at least 1")
+    need(cfg.train.learning_rate > 0, "train.learning_rate", "must be positive")
+    need(cfg.train.threads >= 0, "train.threads", "must be 0 (all cores) or a positive count")
+    need(cfg.train.checkpoint_every >= 0, "train.checkpoint_every", "must be 0 (only when interrupted) or more")
+    need(cfg.train.lr_decay_epochs > 0, "train.lr_decay_epochs", "must be positive")
+    stopping = cfg.train.early_stopping
+    need(stopping.monitor in MONITORABLE, "train.early_stopping.monitor", f"must be one of {', '.join(MONITORABLE)}")
+    need(stopping.patience >= 0, "train.early_stopping.patience", "must be 0 or more")
+    need(stopping.min_delta >= 0, "train.early_stopping.min_delta", "must be 0 or more")
+    need(cfg.data.n_validation >= 1, "data.n_validation", "must be at least 1")
+    need(cfg.data.n_train >= 1 or cfg.data.n_train == ALL_ROWS, "data.n_train",
+         f"must be at least 1, or {ALL_ROWS} for every row after the validation rows")
+    need(cfg.data.n_features >= 1, "data.n_features", "must be at least 1")
+    need(
+        cfg.train.batch_size <= cfg.data.n_train or cfg.data.n_train == ALL_ROWS,
+        "train.batch_size",
+        f"larger than data.n_train={cfg.data.n_train}: an epoch would have no full step",
+    )
+    need(len(cfg.model.hidden_units) >= 1, "model.hidden_units", "needs at least one layer")
+    need(all(u >= 1 for u in cfg.model.hidden_units), "model.hidden_units", "units must be positive")
+    for knob, regularizer in REGULARIZERS.items():
+        need(regularizer.valid(cfg.reg[knob]), f"reg.{knob}", regularizer.rule)
+    named = [] if cfg.reg.name == "none" else cfg.reg.name.split("_")
+    need(all(k in REGULARIZERS for k in named), "reg.name",
+         f"must be none or knobs joined by _ ({', '.join(REGULARIZERS)})")
+    on = knobs_on(cfg.reg)
+    example = " ".join([f"reg={option_name(on)}", *(f"reg.{k}={cfg.reg[k]}" for k in on)])
+    for knob in REGULARIZERS:
+        need((knob in on) == (knob in named), f"reg.{knob}",
+             f"contradicts reg={cfg.reg.name}; pick the reg option that matches the values, e.g. {example}")
+    need(cfg.loop.name in LOOP_SCHEMAS, "loop.name", f"must be one of {', '.join(LOOP_SCHEMAS)}")
+    need(
+        not (cfg.train.jit_compile and cfg.train.deterministic and cfg.loop.name == "fit"),
+        "train.jit_compile",
+        "Keras's fit silently drops XLA while op determinism is on; also set train.deterministic=false",
+    )
+    need(cfg.train.logical_cpus >= 1, "train.logical_cpus", "must be at least 1")
+    need(bool(cfg.mlflow.experiment_name.strip()), "mlflow.experiment_name", "must not be empty")
+    need(cfg.mlflow.retry_seconds >= 0, "mlflow.retry_seconds", "must be 0 (no retry) or positive")
+    need(cfg.mlflow.system_metrics_seconds >= 0.1, "mlflow.system_metrics_seconds", "must be at least 0.1")
+
+
+def run_name(cfg: DictConfig) -> str:
+    """Readable run name, e.g. `fit-l2-large`, `tape-l2-large-no_reg_loss`, or `trial 3 fit-l2-large` in a search."""
+    name = f"{cfg.loop.name}-{cfg.reg.name}-{cfg.model.name}" + OmegaConf.to_object(cfg.loop).run_name_suffix()
+    number = OmegaConf.select(cfg, "trial.number", default=None)
+    return name if number is None else f"trial {number} {name}"

@@ -1,0 +1,74 @@
+"""A search's summary on its MLflow parent run: the best trial's params and value, the trial counts, Optuna's figures."""
+
+import logging
+import time
+from typing import Any, Dict
+
+from src.core.errors import first_line
+from src.experiments.search import Objective
+from src.tracking.store import client
+
+log = logging.getLogger(__name__)
+
+
+def record_study(study, objective: Objective, parent_run_id: str, tracking_uri: str) -> Dict[str, Any]:
+    """Log the best trial's params and value, the trial counts and Optuna's figures on the parent run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+
+    mlflow_client = client(tracking_uri)
+    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
+    counts = dict.fromkeys(names.values(), 0)
+    for trial in study.trials:
+        if trial.state in names:
+            counts[names[trial.state]] += 1
+    summary: Dict[str, Any] = {f"trials_{state}": n for state, n in counts.items()}
+    metrics = dict(summary)
+    tags = {"optuna.study": study.study_name, "optuna.objective": f"{objective.direction} {objective.name}"}
+    if counts["complete"]:
+        best = study.best_trial
+        metrics[objective.name] = best.value
+        tags.update({"optuna.best_trial": str(best.number), **{f"best.{k}": str(v) for k, v in best.params.items()}})
+        if "run_id" in best.user_attrs:
+            tags["optuna.best_run_id"] = best.user_attrs["run_id"]
+        logged = mlflow_client.get_run(parent_run_id).data.params
+        new = {k: str(v) for k, v in best.params.items() if k not in logged}
+        if new:  # params cannot change: a resumed study's later best is in the best.* tags
+            from mlflow.entities import Param
+
+            mlflow_client.log_batch(parent_run_id, params=[Param(k, v) for k, v in new.items()])
+        summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    mlflow_client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    for key, value in tags.items():
+        mlflow_client.set_tag(parent_run_id, key, value)
+    for name, figure in _study_figures(study).items():
+        mlflow_client.log_figure(parent_run_id, figure, f"optuna/{name}.png")
+        plt.close(figure)
+    return summary
+
+
+def _study_figures(study) -> Dict[str, Any]:
+    """Optuna's optimization history and parameter importances (the latter needs two complete trials)."""
+    import warnings
+
+    from optuna.visualization import matplotlib as ovm
+
+    complete = sum(t.state.name == "COMPLETE" for t in study.trials)
+    figures = {"optimization_history": ovm.plot_optimization_history} if complete else {}
+    if complete >= 2:
+        figures["param_importances"] = ovm.plot_param_importances
+    made = {}
+    for name, plot in figures.items():
+        try:
+            with warnings.catch_warnings():  # "experimental" since Optuna 2.2: a warning on every call
+                warnings.simplefilter("ignore")
+                made[name] = plot(study).figure
+        except Exception as exc:  # a figure is a nicety: never fail a finished search over one
+            log.warning("optuna figure %s not made: %s", name, first_line(exc))
+    return made

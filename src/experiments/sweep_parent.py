@@ -1,0 +1,171 @@
+"""A sweep's parent run: the one way it is made, found by its jobs, described, summarized and ended."""
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from src.analysis.compare import compare_runs
+from src.core.interrupts import signals_blocked
+from src.core.redaction import redact
+from src.core.runstates import FAILED, FINISHED, KILLED, PRUNED, RUNNING, SKIPPED
+from src.tracking.liveness import HEARTBEAT_TAG, process_tags
+from src.tracking.provenance import flat_params, source_tags
+from src.tracking.store import PARENT_TAG, SWEEP_OVERRIDES_TAG, SWEEP_TAG, client
+
+PARENT_RUN_FILE = "mlflow_parent_run.json"
+
+
+def create_parent_run(
+    tracking_uri: str, exp_id: str, *, name: str, overrides: Sequence[str], tags: Optional[Dict[str, str]] = None,
+    command: str = "src.train",
+) -> str:
+    """A sweep's parent run, tagged sweep=true with its overrides (passwords masked); returns its ID."""
+    identity = {k: v for k, v in process_tags().items() if k != HEARTBEAT_TAG}  # its jobs beat, not the parent
+    all_tags = {
+        SWEEP_TAG: "true",
+        SWEEP_OVERRIDES_TAG: redact(" ".join(overrides))[:5000],
+        **source_tags(command),
+        **identity,
+        **(tags or {}),
+    }
+    return client(tracking_uri).create_run(exp_id, run_name=redact(name)[:250], tags=all_tags).info.run_id
+
+
+def end_parent_run(tracking_uri: str, run_id: str, status: str) -> None:
+    """Mark a parent run ended, holding Ctrl-C until it is written."""
+    with signals_blocked():
+        client(tracking_uri).set_terminated(run_id, status)
+
+
+def sweep_status(statuses: Sequence[str], completed: bool) -> str:
+    """A parent's end state: KILLED if a job was, FINISHED only if the sweep completed and every job finished."""
+    if KILLED in statuses or RUNNING in statuses:
+        return KILLED
+    if completed and all(s in (FINISHED, SKIPPED, PRUNED) for s in statuses):
+        return FINISHED
+    return FAILED
+
+
+def read_parent_run_id(sweep_dir: Path) -> Optional[str]:
+    path = sweep_dir / PARENT_RUN_FILE
+    return json.loads(path.read_text())["run_id"] if path.exists() else None
+
+
+def find_parent_run_id(sweep_dir: Path, tracking_uri: str, experiment_name: str) -> Optional[str]:
+    """A job's sweep parent: from the sweep's folder, or (a job on another machine, where that folder is not
+    shared) the RUNNING parent run tagged with the folder, through the tracking server."""
+    run_id = read_parent_run_id(sweep_dir)
+    if run_id is not None:
+        return run_id
+    mlflow_client = client(tracking_uri)
+    experiment = mlflow_client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    runs = mlflow_client.search_runs(
+        [experiment.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+        filter_string=f"tags.{SWEEP_TAG} = 'true' and tags.sweep_dir = '{sweep_dir}' and attributes.status = 'RUNNING'",
+    )
+    return runs[0].info.run_id if runs else None
+
+
+NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI
+
+
+OBJECTIVE = "val_binary_crossentropy"  # what a sweep's best child is picked by (lower is better)
+
+
+@dataclass
+class SweepPlan:
+    """What a sweep varies: each swept key's values, the fixed overrides, the number of jobs, a short name."""
+
+    axes: Dict[str, List[str]]
+    fixed: List[str]
+    jobs: int
+    name: str
+
+    @classmethod
+    def of(cls, config: DictConfig, overrides: Sequence[str]) -> "SweepPlan":
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        axes, fixed = {}, []
+        for override in OverridesParser.create().parse_overrides(list(overrides)):
+            key = override.get_key_element()
+            if override.is_sweep_override():
+                try:
+                    axes[key] = [str(v) for v in override.sweep_string_iterator()]
+                except Exception:  # an interval: only a search samples it, so it is shown as written
+                    axes[key] = [override.input_line.split("=", 1)[1]]
+            elif not key.lstrip("+~").startswith(("mlflow.", "hydra")):
+                fixed.append(override.input_line)
+        searched = is_search(config.hydra)
+        jobs = int(config.hydra.sweeper.n_trials) if searched else _product(len(v) for v in axes.values())
+        model = "" if "model" in axes else f" {config.model.name}"
+        epochs = "" if "train.epochs" in axes else f" {config.train.epochs}ep"
+        kind = "search" if searched else "sweep"
+        name = f"{kind} {jobs}×{model}{epochs} {'×'.join(axes) or 'no axes'}"
+        return cls(axes, fixed, jobs, name)
+
+    def note(self, sweep_dir: Path) -> str:
+        """The parent's description: the command, what is swept, what is fixed, where the comparison lives."""
+        swept = "\n".join(f"- `{k}`: {', '.join(v)}" for k, v in self.axes.items())
+        return redact(
+            f"**{self.name}**: {self.jobs} runs, nested below.\n\n"
+            f"Command: `python -m src.train -m {' '.join([*self.fixed, *(f'{k}=' + ','.join(v) for k, v in self.axes.items())])}`\n\n"
+            f"Swept:\n{swept}\n\nFixed: {' '.join(f'`{f}`' for f in self.fixed) or 'the defaults'} "
+            f"(every other value is a param of this run).\n\n"
+            f"Comparison: the artifacts under `compare/` (the overlay of `{OBJECTIVE}` and `table.txt`), written "
+            f"when the sweep ends; the best child is the metric `best_{OBJECTIVE}` and the tag `best_run_name`. "
+            f"Again at any time: `python -m src.compare <this run's ID>`.\n\nFolder: `{sweep_dir}`"
+        )
+
+
+def _product(numbers) -> int:
+    total = 1
+    for n in numbers:
+        total *= n
+    return total
+
+
+def log_shared_params(tracking_uri: str, run_id: str, config: DictConfig, axes: Dict[str, List[str]]) -> None:
+    """The config every child shares (what is not swept) as the parent's params."""
+    from mlflow.entities import Param
+
+    plain = {k: v for k, v in config.items() if k != "hydra"}
+    params = {k: v for k, v in flat_params(OmegaConf.create(plain)).items()
+              if not any(k == axis or k.startswith(axis + ".") for axis in axes)}
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client(tracking_uri).log_batch(run_id, params=items[i:i + 100])
+
+
+def summarize_on_parent(tracking_uri: str, run_id: str, sweep_dir: Path) -> None:
+    """At a sweep's end: `src.compare`'s figures and table on the parent, and its best child as metric and tags."""
+    mlflow_client = client(tracking_uri)
+    children = mlflow_client.search_runs(
+        [mlflow_client.get_run(run_id).info.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status = 'FINISHED'")
+    best = None
+    for child in children:
+        values = [m.value for m in mlflow_client.get_metric_history(child.info.run_id, OBJECTIVE)]
+        if values and (best is None or min(values) < best[0]):
+            best = (min(values), child)
+    if best is None:
+        return
+    from mlflow.entities import Metric, RunTag
+
+    mlflow_client.log_batch(run_id, metrics=[Metric(f"best_{OBJECTIVE}", best[0], int(time.time() * 1000), 0)],
+                            tags=[RunTag("best_run_id", best[1].info.run_id),
+                                  RunTag("best_run_name", best[1].info.run_name)])
+    comparison = compare_runs(tracking_uri, [run_id], out=sweep_dir / "compare")  # figures and table, logged on it
+    print(comparison.table, end="", file=sys.stderr)
+    print(comparison.report_lines(), file=sys.stderr)
+
+
+def is_search(hydra_cfg) -> bool:
+    """Whether a multirun is an Optuna search (hydra/sweeper=optuna) rather than a grid sweep."""
+    return str(hydra_cfg.sweeper.get("_target_", "")).endswith("optuna_sweeper.OptunaSweeper")

@@ -1,0 +1,1 @@
+"""The MLflow store: reading runs, writing one run (metrics, models, datasets, provenance), resume claims, liveness."""

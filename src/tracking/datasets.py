@@ -1,0 +1,57 @@
+"""A run's datasets in MLflow: their source, and their logging as run inputs (safe when parallel jobs race)."""
+
+import time
+from typing import Any, Dict
+
+from src.core import compat
+from src.core.redaction import redact
+
+SPLITS = (("training", "higgs-train"), ("validation", "higgs-val"))  # (MLflow's dataset context, dataset name)
+
+
+def split_datasets(splits) -> Dict[str, Any]:
+    """The training and validation rows as MLflow datasets (context -> dataset), each with its own digest."""
+    import mlflow.data
+
+    source = dataset_source(splits.source)
+    arrays = {"training": (splits.x_train, splits.y_train), "validation": (splits.x_val, splits.y_val)}
+    return {
+        context: mlflow.data.from_numpy(x, targets=y, source=source, name=name, digest=compat.numpy_dataset_digest(x, y))
+        for context, name in SPLITS
+        for x, y in [arrays[context]]
+    }
+
+
+def dataset_source(location: str):
+    """The MLflow dataset source of a URL or a local path, picked without guessing."""
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+
+    if location.startswith(("http://", "https://")):
+        return HTTPDatasetSource(redact(location))
+    return compat.local_dataset_source(location)
+
+
+# How each database reports the insert that lost a race on a unique key: SQLite, PostgreSQL (through an MLflow
+# server: "BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value ..."), MySQL
+UNIQUE_KEY_RACE = ("UNIQUE constraint failed", "duplicate key value violates unique constraint", "Duplicate entry")
+
+
+def log_datasets(mlflow_client, run_id: str, datasets: Dict[str, Any]) -> None:
+    """Each dataset (context -> mlflow.data dataset) with its digest, as a run input."""
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = [
+        DatasetInput(compat.dataset_entity(dataset), tags=[InputTag("mlflow.data.context", context)])
+        for context, dataset in datasets.items()
+    ]
+    for attempt in range(5):
+        try:
+            mlflow_client.log_inputs(run_id, datasets=inputs)
+            return
+        except Exception as exc:
+            # Parallel jobs log the same dataset: the store looks it up, misses, and
+            # inserts, so two jobs can race on its unique key. Once the other job's
+            # insert has landed, a retry finds the dataset and only links it.
+            if not any(marker in str(exc) for marker in UNIQUE_KEY_RACE) or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
