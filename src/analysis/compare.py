@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from src.analysis.report import Group, History, RunData, format_table, group_runs, table_rows
 from src.core.errors import UserError
+from src.core.runstates import FINISHED
 from src.core.schema import PROJECT_ROOT
 from src.tracking import store
 from src.tracking.liveness import dead_reason
@@ -61,9 +62,9 @@ def select_runs(
             runs.append(run)
             continue
         children = store.sweep_children(client, run)
-        finished = [c for c in children if c.info.status == "FINISHED"]
+        finished = [c for c in children if c.info.status == FINISHED]
         for child in children:
-            if child.info.status != "FINISHED":
+            if child.info.status != FINISHED:
                 dead = dead_reason(child)
                 print(f"note: skipped {child.info.run_name} {child.info.run_id} of sweep {run.info.run_id}: "
                       f"{child.info.status}" + (f", and dead: {dead}" if dead else ""), file=sys.stderr)

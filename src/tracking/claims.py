@@ -5,7 +5,7 @@ import logging
 from typing import Dict, Optional
 
 from src.core.errors import TrackingError
-from src.core.runstates import FAILED, KILLED
+from src.core.runstates import FAILED, KILLED, RUNNING
 from src.tracking.liveness import claim_dead_reason, claim_owner, claim_token, process_tags
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def claim_run(mlflow_client, run_id: str, tags: Dict[str, str]) -> str:
     # before a stopped status belongs to a resume that has ended (in one read the two may be seen out of order)
     resumes = int(mlflow_client.get_run(run_id).data.tags.get("resumed", "0"))
     run = mlflow_client.get_run(run_id)
-    if run.info.status == "RUNNING":
+    if run.info.status == RUNNING:
         raise TrackingError(f"run {run_id} is RUNNING in process {run.data.tags.get('pid', '?')} on "
                             f"{run.data.tags.get('host', '?')}: another process is training or resuming it")
     if run.info.status not in (KILLED, FAILED):
@@ -53,7 +53,7 @@ def claim_run(mlflow_client, run_id: str, tags: Dict[str, str]) -> str:
     # the identity before RUNNING: a RUNNING run is judged alive or dead by it (src/tracking/liveness.py)
     identity = {k: v for k, v in tags.items() if k in (*process_tags(), "mlflow.source.git.commit")}
     mlflow_client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {**identity, RESUME_CLAIM_TAG: claim}.items()])
-    mlflow_client.update_run(run_id, status="RUNNING")
+    mlflow_client.update_run(run_id, status=RUNNING)
     mlflow_client.set_tag(run_id, "resumed", str(resumes + 1))  # after RUNNING (see above)
     if "error" in run.data.tags:  # it said why it stopped; it goes on now
         mlflow_client.delete_tag(run_id, "error")

@@ -65,15 +65,7 @@ def tracked_run(
 
     uri = cfg.mlflow.tracking_uri
     mlflow_client = client(uri)
-    tags = {
-        DIGEST_TAG: config_digest(cfg),
-        **source_tags("src.train"),
-        **software_versions(),
-        **process_tags(),
-        **(extra_tags or {}),
-    }
-    if parent_run_id:
-        tags[PARENT_TAG] = parent_run_id
+    tags = _run_tags(cfg, parent_run_id, extra_tags)
     try:
         exp_id = experiment_id(uri, cfg.mlflow.experiment_name, cfg.mlflow.artifact_location)
         reap_dead_runs(mlflow_client, exp_id)  # runs whose process was killed (kill -9, out of memory) end FAILED
@@ -101,14 +93,10 @@ def tracked_run(
         if cfg.mlflow.system_metrics:
             system_metrics = _start_system_metrics(run_id, uri, cfg.mlflow.system_metrics_seconds,
                                                    resumed=resume_run_id is not None)
-        try:
-            if resume_run_id is None:
-                _log_inputs(mlflow_client, run_id, cfg, overrides, datasets)
-            else:
-                tracked.continue_history(resumed_history or {})
-        except Exception as exc:
-            raise TrackingError(f"run {run_id}: cannot log its config, params and datasets to "
-                                f"{redact(uri)} ({store_error_line(exc)})") from None
+        if resume_run_id is None:
+            _log_inputs(tracked, cfg, overrides, datasets)
+        else:
+            _continue(tracked, resumed_history or {})
         try:
             yield tracked
             writer.flush()
@@ -166,8 +154,42 @@ def _stop_system_metrics(monitor, timeout: float = 5.0) -> None:
     stopper.join(timeout)
 
 
-def _log_inputs(mlflow_client, run_id: str, cfg: DictConfig, overrides, datasets: Dict[str, Any]) -> None:
-    """Params, the config and overrides as artifacts (secrets masked), and the datasets."""
+def _run_tags(cfg: DictConfig, parent_run_id: Optional[str], extra_tags: Optional[Dict[str, str]]) -> Dict[str, str]:
+    """What a run starts tagged with: its config's digest, source, software, process, parent and the caller's tags."""
+    tags = {
+        DIGEST_TAG: config_digest(cfg),
+        **source_tags("src.train"),
+        **software_versions(),
+        **process_tags(),
+        **(extra_tags or {}),
+    }
+    if parent_run_id:
+        tags[PARENT_TAG] = parent_run_id
+    return tags
+
+
+def _cannot_log_inputs(run: TrackedRun, exc: Exception) -> TrackingError:
+    return TrackingError(f"run {run.run_id}: cannot log its config, params and datasets to "
+                         f"{redact(run.tracking_uri)} ({store_error_line(exc)})")
+
+
+def _continue(run: TrackedRun, history: Dict[str, List[float]]) -> None:
+    """A resumed run's history up to its checkpoint, what the store lacks of it logged (TrackingError if it fails)."""
+    try:
+        run.continue_history(history)
+    except Exception as exc:
+        raise _cannot_log_inputs(run, exc) from None
+
+
+def _log_inputs(run: TrackedRun, cfg: DictConfig, overrides, datasets: Dict[str, Any]) -> None:
+    """Params, the config and overrides as artifacts (secrets masked), and the datasets (TrackingError if it fails)."""
+    try:
+        _write_inputs(run.client, run.run_id, cfg, overrides, datasets)
+    except Exception as exc:
+        raise _cannot_log_inputs(run, exc) from None
+
+
+def _write_inputs(mlflow_client, run_id: str, cfg: DictConfig, overrides, datasets: Dict[str, Any]) -> None:
     from mlflow.entities import Param
 
     mlflow_client.log_batch(run_id, params=[Param(key, value) for key, value in flat_params(cfg).items()])

@@ -17,6 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from src.core.runstates import FAILED, RUNNING
+
 log = logging.getLogger(__name__)
 
 HOST_TAG, PID_TAG, PROCESS_TAG, HEARTBEAT_TAG, DEAD_TAG = "host", "pid", "process_start", "heartbeat", "dead"
@@ -102,7 +104,7 @@ def _claim_fields(token: Optional[str]) -> Dict[str, str]:
 def dead_reason(run, now: Optional[float] = None) -> Optional[str]:
     """Why a RUNNING run is dead, or None while it may be alive (or carries no identity to tell)."""
     tags = run.data.tags
-    if run.info.status != "RUNNING" or PID_TAG not in tags:
+    if run.info.status != RUNNING or PID_TAG not in tags:
         return None
     if tags.get(HOST_TAG) == socket.gethostname():
         if _process_start(os.getpid()) is None:  # no /proc to look in (not Linux, or hidden): cannot tell
@@ -129,7 +131,7 @@ def reap_dead_runs(mlflow_client, experiment_id: str) -> List[str]:
         if reason is None:
             continue
         mlflow_client.set_tag(run.info.run_id, DEAD_TAG, reason)
-        mlflow_client.set_terminated(run.info.run_id, "FAILED")
+        mlflow_client.set_terminated(run.info.run_id, FAILED)
         lines.append(f"run {run.info.run_id} ({run.info.run_name}) was RUNNING but {reason}: marked FAILED (dead)")
         log.warning(lines[-1])
     return lines

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.core.errors import TrackingError
 from src.core.redaction import redact
+from src.core.runstates import FAILED, KILLED
 from src.core.schema import CONFIG_DIR
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ def resumable_run(tracking_uri: str, experiment_name: str, digest: str, checkpoi
         order_by=["attributes.start_time DESC"],
     )
     for run in runs:
-        if run.info.status not in ("KILLED", "FAILED"):  # a RUNNING one is alive; the store takes no IN here
+        if run.info.status not in (KILLED, FAILED):  # a RUNNING one is alive; the store takes no IN here
             continue
         if mlflow_client.list_artifacts(run.info.run_id, checkpoint_dir):
             return run
