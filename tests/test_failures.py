@@ -40,9 +40,10 @@ def test_diverging_job_fails_with_nan_tag_and_the_sweep_carries_on(small_slice, 
 
 
 @pytest.mark.parametrize(
-    "sig", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],
-    ids=["SIGINT", "SIGTERM"],
-)  # the same handler takes both; a subprocess sweep each (~15 s): slow
+    "sig", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), pytest.param(signal.SIGTERM, marks=pytest.mark.slow),
+            pytest.param(signal.SIGHUP, marks=pytest.mark.slow)],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
+)  # the same handler takes all three (SIGHUP: a closed terminal, a dropped ssh); a subprocess sweep each (~15 s): slow
 def test_signal_ends_the_run_and_the_sweep_killed(small_slice, tracking_uri, tmp_path, sig):
     proc = subprocess.Popen(
         cli("-m", "loop=fit,tape", "model=tiny", "train.epochs=100000", *small_slice),

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM: a KeyboardInterrupt now, remembered until the run stops, and held while runs are closed.
+"""Ctrl-C, SIGTERM and SIGHUP: a KeyboardInterrupt now, remembered until the run stops, and held while runs are closed.
 
 Python raises a signal's exception wherever the main thread happens to be; where that is code
 that swallows exceptions (a finalizer, a callback from TensorFlow's C++), the interrupt would
@@ -16,6 +16,7 @@ import threading
 from contextlib import contextmanager
 from typing import Dict, Iterator
 
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each ends the runs of this process KILLED
 _requested = threading.Event()
 _requeue = threading.Event()  # submitit's preemption or timeout signal came: requeue once the run has ended
 _submitit: Dict = {}  # in a submitit job: its preemption signal and submitit's handler for it
@@ -31,11 +32,12 @@ def _interrupt(signum, frame) -> None:
 
 
 def handle_interrupts() -> None:
-    """SIGINT and SIGTERM both raise KeyboardInterrupt in this process (SIGINT stays ignored if it was); so does a
-    submitit job's preemption signal."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, _interrupt)
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt in this process (SIGINT and SIGHUP stay ignored if they
+    were); so does a submitit job's preemption signal."""
+    # SIGINT or SIGHUP (a closed terminal, a dropped ssh connection) that was ignored (`nohup`) stays ignored
+    for signum in INTERRUPTS:
+        if signum == signal.SIGTERM or signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _interrupt)
     if os.environ.get("SUBMITIT_EXECUTOR"):  # submitit set its handler before running the job; the rule is its own
         preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
         handler = signal.getsignal(preempt) if preempt else None
@@ -62,7 +64,7 @@ def raise_if_interrupted(epoch: int = -1, metrics: Dict[str, float] = None) -> N
 
 @contextmanager
 def signals_blocked() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM (and submitit's preemption signal) until the block is done, then raise the interrupt
+    """Hold SIGINT, SIGTERM and SIGHUP (and submitit's preemption signal) until the block is done, then raise the interrupt
     (main thread only).
 
     A signal mask would not do: the kernel hands the signal to any thread that does not
@@ -72,7 +74,7 @@ def signals_blocked() -> Iterator[None]:
         yield
         return
     held = []
-    signals = (signal.SIGINT, signal.SIGTERM, *([_submitit["signal"]] if _submitit else []))
+    signals = (*INTERRUPTS, *([_submitit["signal"]] if _submitit else []))
     previous = {s: signal.getsignal(s) for s in signals}
     for s, handler in previous.items():
         if handler is not signal.SIG_IGN:
