@@ -33,7 +33,6 @@ from mkdocs.exceptions import PluginError
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 PAGE = "configuration.md"
-PROJECT_GROUPS = ("model", "reg", "loop", "data")  # the groups whose options set keys of the run's config
 HYDRA_GROUPS = {"hydra/sweeper": "hydra.sweeper", "hydra/launcher": "hydra.launcher"}
 NOTES = re.compile(r"<!-- key-notes -->(.*?)<!-- /key-notes -->", re.S)
 NOTE_ITEM = re.compile(r"^\* `([\w./]+)`: (.*?)(?=^\* `|\Z)", re.S | re.M)
@@ -250,6 +249,7 @@ def _leaves(tree, prefix: str = "") -> dict[str, object]:
 
 
 def _defaults() -> dict[str, str]:
+    """{group: its default option}, from conf/config.yaml's defaults list."""
     from omegaconf import OmegaConf
 
     chosen = {}
@@ -257,6 +257,19 @@ def _defaults() -> dict[str, str]:
         if isinstance(entry, dict):
             chosen.update(entry)
     return chosen
+
+
+def _resolved(cfg, key: str, raw):
+    """A default that interpolates other keys, resolved (None where it reads the environment, the clock or paths)."""
+    from omegaconf import OmegaConf
+
+    if not isinstance(raw, str) or "${" not in raw or any(t in raw for t in ("oc.env", "now:", "project_root")):
+        return None
+    try:
+        return OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}), resolve=True,
+                                      enum_to_str=True)["v"]
+    except Exception:  # an interpolation that only resolves in a job (e.g. hydra:...)
+        return None
 
 
 def _parse_notes(markdown: str) -> tuple[str, dict[str, str]]:
@@ -273,13 +286,16 @@ def build(markdown: str) -> str:
     schema, compose_config, group_options, non_semantic = _import_project()
     markdown, notes = _parse_notes(markdown)
     chosen = _defaults()
+    # the groups whose options set keys of the run's config: those of the defaults list, Hydra's aside
+    project_groups = [g for g in chosen if not g.startswith("hydra")]
 
     # every key, with its value under each option of the project's groups
-    base = OmegaConf.to_container(compose_config([]), resolve=False, enum_to_str=True)
+    composed = compose_config([])
+    base = OmegaConf.to_container(composed, resolve=False, enum_to_str=True)
     keys = dict.fromkeys(_leaves(base))  # ordered as composed
     values: dict[str, dict[str, object]] = {}  # key -> {option: value}
     only_with: dict[str, set[str]] = {}  # key -> the options that have it
-    for group in PROJECT_GROUPS:
+    for group in project_groups:
         for option in group_options(group):
             tree = OmegaConf.to_container(compose_config([f"{group}={option}"]), resolve=False, enum_to_str=True)
             for key, value in _leaves(tree[group], group + ".").items():
@@ -293,7 +309,7 @@ def build(markdown: str) -> str:
     # descriptions: conf/config.yaml, then each group's option files (the default option first)
     config_header, comments = yaml_comments(CONF / "config.yaml")
     option_info: dict[str, dict[str, tuple[str, dict]]] = {}
-    for group in PROJECT_GROUPS:
+    for group in project_groups:
         options = group_options(group)
         ordered = sorted(options, key=lambda o: o != chosen.get(group))
         for option in ordered:
@@ -309,7 +325,7 @@ def build(markdown: str) -> str:
 
     # the groups table
     rows = ["| group | option | what it is | sets |", "|---|---|---|---|"]
-    for group in PROJECT_GROUPS:
+    for group in project_groups:
         for option in group_options(group):
             header, _ = option_info[group][option]
             tree = OmegaConf.to_container(OmegaConf.load(CONF / group / f"{option}.yaml"), resolve=False)
@@ -331,7 +347,10 @@ def build(markdown: str) -> str:
         group = key.split(".")[0]
         per_option = values.get(key)
         if not per_option:
-            return _code(_show(_leaves(base)[key]))
+            raw = _leaves(base)[key]
+            cell = _code(_show(raw))
+            value = _resolved(composed, key, raw)
+            return cell + (f" (= {_code(_show(value))})" if value is not None else "")
         default_option = chosen.get(group)
         if key.endswith(".name") and all(v == o for o, v in per_option.items()):
             return f"the option's name ({_code(_show(per_option[default_option]))})"
@@ -353,7 +372,7 @@ def build(markdown: str) -> str:
         field = fields.get(key, {})
         kind = field.get("type", "")
         group = key.split(".")[0]
-        if group in PROJECT_GROUPS and key in only_with and len(only_with[key]) < len(group_options(group)):
+        if group in project_groups and key in only_with and len(only_with[key]) < len(group_options(group)):
             kind += f" (`{group}={', '.join(sorted(only_with[key]))}` only)"
         description = comments.get(key) or field.get("comment", "")
         description = _join(description, notes.get(key, ""))
