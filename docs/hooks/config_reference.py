@@ -37,6 +37,11 @@ HYDRA_GROUPS = {"hydra/sweeper": "hydra.sweeper", "hydra/launcher": "hydra.launc
 NOTES = re.compile(r"<!-- key-notes -->(.*?)<!-- /key-notes -->", re.S)
 NOTE_ITEM = re.compile(r"^\* `([\w./]+)`: (.*?)(?=^\* `|\Z)", re.S | re.M)
 REPO = "<repo>"  # how `${project_root:}` is shown
+GENERIC = {  # what a key means wherever it appears, for a key without a comment of its own
+    "name": "the option's name: `{group}=<name>` picks `conf/{group}/<name>.yaml`",
+    "_target_": "what Hydra instantiates: a class or function, given the section's other keys",
+    "_partial_": "Hydra instantiates it as a partial, which the code completes",
+}
 
 
 def _import_project():
@@ -125,15 +130,19 @@ def _with_subclasses(cls) -> list:
 
 
 def _field_comments(cls) -> dict[str, str]:
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):  # a class made by make_dataclass has no source
-        return {}
+    """{field: its trailing comment} in the class and its bases (a subclass's own comment wins)."""
     found = {}
-    for line in source.splitlines():
-        match = re.match(r"^\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
-        if match:
-            found[match.group(1)] = match.group(2).strip()
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):  # a class made by make_dataclass has no source
+            continue
+        for line in source.splitlines():
+            match = re.match(r"^\s+(\w+)\s*:[^#]*#\s*(.*)$", line)
+            if match:
+                found[match.group(1)] = match.group(2).strip()
     return found
 
 
@@ -174,6 +183,24 @@ def schema_fields(cls, prefix: str = "") -> dict[str, dict]:
                     found.setdefault(sub_key, sub)
             else:
                 found.setdefault(key, {"type": _type_name(tp), "comment": comments.get(f.name, "")})
+    return found
+
+
+def node_fields(node, prefix: str = "") -> dict[str, dict]:
+    """{dotted key: {type, comment}} from the schemas a composed config's nodes are typed by (an option's own)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    found: dict[str, dict] = {}
+    kind = OmegaConf.get_type(node)
+    if _is_dataclass_type(kind):
+        found.update(schema_fields(kind, prefix))
+        if prefix:
+            found[prefix[:-1]] = {"type": "section", "comment": "", "doc": _class_doc(kind)}
+    for key in node:
+        child = node._get_node(key) if hasattr(node, "_get_node") else None
+        if isinstance(child, DictConfig):
+            for sub_key, sub in node_fields(child, f"{prefix}{key}.").items():
+                found.setdefault(sub_key, sub)
     return found
 
 
@@ -295,9 +322,13 @@ def build(markdown: str) -> str:
     keys = dict.fromkeys(_leaves(base))  # ordered as composed
     values: dict[str, dict[str, object]] = {}  # key -> {option: value}
     only_with: dict[str, set[str]] = {}  # key -> the options that have it
+    option_fields: dict[str, dict] = {}  # key -> its type and comment in the schema of the option that has it
     for group in project_groups:
         for option in group_options(group):
-            tree = OmegaConf.to_container(compose_config([f"{group}={option}"]), resolve=False, enum_to_str=True)
+            option_cfg = compose_config([f"{group}={option}"])
+            option_fields.update({k: v for k, v in node_fields(option_cfg[group], group + ".").items()
+                                  if k not in option_fields})
+            tree = OmegaConf.to_container(option_cfg, resolve=False, enum_to_str=True)
             for key, value in _leaves(tree[group], group + ".").items():
                 values.setdefault(key, {})[option] = value
                 only_with.setdefault(key, set()).add(option)
@@ -318,6 +349,10 @@ def build(markdown: str) -> str:
             for key, text in found.items():
                 comments.setdefault(key, text)
     fields = schema_fields(schema.Config)
+    for key, field in {**node_fields(composed), **option_fields}.items():  # an option's own schema knows more
+        if key not in fields or not fields[key].get("type") or (field.get("comment") and not
+                                                                  fields[key].get("comment")):
+            fields[key] = field
 
     unknown = sorted(k for k in notes if k not in keys and k not in fields and not k.startswith("hydra."))
     if unknown:
@@ -374,7 +409,13 @@ def build(markdown: str) -> str:
         group = key.split(".")[0]
         if group in project_groups and key in only_with and len(only_with[key]) < len(group_options(group)):
             kind += f" (`{group}={', '.join(sorted(only_with[key]))}` only)"
-        description = comments.get(key) or field.get("comment", "")
+        in_every_option = key in only_with and len(only_with[key]) == len(group_options(group))
+        if in_every_option and field.get("comment"):  # a key of the group's base schema: its comment is general
+            description = field["comment"]
+        else:
+            description = comments.get(key) or field.get("comment", "")
+        if not description:
+            description = GENERIC.get(key.rsplit(".", 1)[-1], "").format(group=group)
         description = _join(description, notes.get(key, ""))
         if section not in non_semantic and any(key == k or key.startswith(k + ".") for k in non_semantic):
             description = _join(description, "Not part of the config digest.")
@@ -382,7 +423,7 @@ def build(markdown: str) -> str:
             f"| `{key}` | {_cell(kind)} | {default_cell(key)} | {_cell(description)} |")
 
     out = []
-    for section, section_rows in sections.items():
+    for section, section_rows in sorted(sections.items(), key=lambda item: item[0] == ""):  # top-level keys last
         title = f"`{section}`" if section else "Top-level keys"
         out.append(f"### {title}\n")
         intro = ""
