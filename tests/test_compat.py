@@ -51,7 +51,7 @@ def test_composition_errors_keep_the_attributes_the_one_line_reads():
     try:
         compose_config(["model=huge"])
     except MissingConfigException as exc:
-        assert composition_error_line(exc) == "model=huge: no such option (available: large, medium, small, tiny)"
+        assert composition_error_line(exc) == "model=huge: no such option (available: cnn, large, medium, small, tiny)"
     else:
         raise AssertionError("model=huge composed")
 

@@ -406,11 +406,11 @@ def test_training_stream_depends_on_the_seed_alone(sample_rows):
     """Every iterator opened on the stream sees the same batches; each epoch is a fresh permutation."""
 
 
-    from src.data.higgs import HiggsSplits
+    from src.data.splits import Splits
     from src.data.pipeline import make_datasets
 
     rows = sample_rows[:300]
-    splits = HiggsSplits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s")
+    splits = Splits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s", name="higgs")
     train, _ = make_datasets(splits, batch_size=50, seed=7)
     first = [x.numpy() for x, _ in train.take(10)]  # two epochs of 250 rows
     again = [x.numpy() for x, _ in train.take(10)]  # a second iterator, as Keras opens under a strategy
@@ -429,11 +429,11 @@ def test_batches_cut_the_endless_concatenation_of_epoch_permutations(sample_rows
     """The stream's definition, which reruns of earlier runs rely on: a batch may span two epochs."""
     import tensorflow as tf
 
-    from src.data.higgs import HiggsSplits
+    from src.data.splits import Splits
     from src.data.pipeline import make_datasets
 
     rows = sample_rows[:153]  # 103 training rows, batches of 25: every epoch ends inside a batch
-    splits = HiggsSplits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s")
+    splits = Splits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s", name="higgs")
     train, _ = make_datasets(splits, batch_size=25, seed=3)
     got = np.concatenate([x.numpy() for x, _ in train.take(13)])  # 325 rows: three epochs and a bit
     orders = [
@@ -445,11 +445,11 @@ def test_batches_cut_the_endless_concatenation_of_epoch_permutations(sample_rows
 
 def test_a_stream_started_at_a_step_is_the_rest_of_the_whole_stream(sample_rows):
     """What a resumed run trains on: from batch k on, the uninterrupted stream's batches, epoch boundaries and all."""
-    from src.data.higgs import HiggsSplits
+    from src.data.splits import Splits
     from src.data.pipeline import make_datasets
 
     rows = sample_rows[:153]  # 103 training rows, batches of 25: epochs end inside batches
-    splits = HiggsSplits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s")
+    splits = Splits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s", name="higgs")
     whole = [x.numpy() for x, _ in make_datasets(splits, batch_size=25, seed=3)[0].take(20)]
     for start in (1, 4, 5, 12):  # inside the first epoch, at its end, past a boundary, in the third permutation
         rest = [x.numpy() for x, _ in make_datasets(splits, batch_size=25, seed=3, start_step=start)[0].take(20 - start)]
@@ -459,10 +459,10 @@ def test_a_stream_started_at_a_step_is_the_rest_of_the_whole_stream(sample_rows)
 def test_the_pipelines_run_without_the_autotuning_thread_that_froze_jobs_at_their_end(sample_rows):
     # Deleting an iterator waits for tf.data's autotuning thread with the GIL held: a sweep's jobs
     # froze for 2-39 s after their last epoch, every thread idle (src/data.py: pipeline_options).
-    from src.data.higgs import HiggsSplits
+    from src.data.splits import Splits
     from src.data.pipeline import make_datasets
 
     rows = sample_rows[:300]
-    splits = HiggsSplits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s")
+    splits = Splits(x_val=rows[:50, 1:], y_val=rows[:50, :1], x_train=rows[50:, 1:], y_train=rows[50:, :1], source="s", name="higgs")
     for dataset in make_datasets(splits, batch_size=50, seed=7):
         assert dataset.options().autotune.enabled is False

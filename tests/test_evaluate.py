@@ -4,7 +4,8 @@ import numpy as np
 from mlflow import MlflowClient
 
 from src.analysis import evaluate
-from src.analysis.evaluate import EVALUATED_RUN_TAG, scores
+from src.analysis.evaluate import EVALUATED_RUN_TAG
+from src.analysis.scores import scores
 from src.experiments.train import train
 
 

@@ -49,8 +49,8 @@ def test_the_objective_is_the_best_or_last_value_of_a_per_epoch_metric():
     assert Objective("val_binary_crossentropy", "minimize", "best").value(history) == 0.6
     assert Objective("val_binary_crossentropy", "minimize", "last").value(history) == 0.65
     assert Objective("val_accuracy", "maximize", "best").value(history) == 0.7
-    with pytest.raises(ConfigError, match=r"hydra.sweeper.objective.metric=val_auc: not a per-epoch metric"):
-        Objective.from_config(optuna_objective("val_auc", "minimize", "best"))
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.objective.metric=val_mean_absolute_error: not a per-epoch metric"):
+        Objective.from_config(optuna_objective("val_mean_absolute_error", "minimize", "best"))
     with pytest.raises(ConfigError, match=r"objective.direction=down: minimize or maximize"):
         Objective.from_config(optuna_objective("val_loss", "down", "best"))
 
@@ -152,11 +152,11 @@ def test_a_search_whose_first_trials_fail_before_training_stops_there(tmp_path, 
 
 @pytest.mark.slow
 def test_a_bad_objective_is_a_one_line_error_before_any_trial_or_parent_run(tmp_path, higgs_file):
-    proc = run_module("src.train", _search_args(tmp_path, higgs_file, "hydra.sweeper.objective.metric=val_auc",
+    proc = run_module("src.train", _search_args(tmp_path, higgs_file, "hydra.sweeper.objective.metric=val_mean_absolute_error",
                                                 f"hydra.sweep.dir={tmp_path}/sweep"), cwd=tmp_path)
     assert proc.returncode == 1
     lines = error_lines(proc.stderr)
-    assert any("hydra.sweeper.objective.metric=val_auc: not a per-epoch metric" in line for line in lines), lines
+    assert any("hydra.sweeper.objective.metric=val_mean_absolute_error: not a per-epoch metric" in line for line in lines), lines
     assert not (tmp_path / "sweep" / "0").exists()
     assert split_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db") == ([], [])
 

@@ -12,13 +12,23 @@ from typing import List, Optional, Sequence, Tuple
 
 from src.analysis.report import Group, History, RunData, format_table, group_runs, table_rows
 from src.core.errors import UserError
+from src.core.metrics import HEADLINE_METRIC, LEGACY_TASK, data_loss
 from src.core.runstates import FINISHED
 from src.core.schema import PROJECT_ROOT
 from src.tracking import store
 from src.tracking.liveness import dead_reason
 
-# The histories the figures and the table need (epoch_seconds and reg_loss are not plotted).
-METRICS = ("loss", "val_loss", "binary_crossentropy", "val_binary_crossentropy", "accuracy", "val_accuracy")
+
+
+def compared_metrics(task: str) -> Tuple[str, ...]:
+    """The histories the figures and the table need: the losses, the data loss and the headline metric, with their
+    `val_` twins (epoch_seconds and reg_loss are not plotted)."""
+    return ("loss", "val_loss", *(m for metric in (data_loss(task), HEADLINE_METRIC[task]) for m in (metric, f"val_{metric}")))
+
+
+def run_task(run) -> str:
+    """The run's task: its `task` param, or the tutorial's for a run logged before tasks existed."""
+    return run.data.params.get("task", LEGACY_TASK)
 ARTIFACT_DIR = "compare"
 
 
@@ -76,28 +86,38 @@ def select_runs(
 
 
 def load_run(client, run) -> RunData:
-    """A run's params and per-epoch histories of METRICS (a step logged twice keeps its last value)."""
-    by_step = store.metric_histories(client, run, METRICS)
+    """A run's params and per-epoch histories of its task's compared metrics (a step logged twice keeps its last)."""
+    task = run_task(run)
+    by_step = store.metric_histories(client, run, compared_metrics(task))
     history: History = {key: [steps[s] for s in sorted(steps)] for key, steps in by_step.items()}
-    if not history["val_binary_crossentropy"]:
+    if not history[f"val_{data_loss(task)}"]:
         raise CompareError(
-            f"run {run.info.run_id}: no val_binary_crossentropy history (not a training run of this project?)"
+            f"run {run.info.run_id}: no val_{data_loss(task)} history (not a training run of this project?)"
         )
     return RunData(run.info.run_id, run.info.run_name or run.info.run_id, dict(run.data.params), history)
+
+
+def common_task(runs: Sequence[RunData]) -> str:
+    """The task every compared run has; CompareError naming them when they differ (their numbers are not alike)."""
+    tasks = {run.params.get("task", LEGACY_TASK) for run in runs}
+    if len(tasks) > 1:
+        named = ", ".join(f"{r.name} ({r.params.get('task', LEGACY_TASK)})" for r in runs)
+        raise CompareError(f"runs of different tasks cannot share one table: {named}")
+    return tasks.pop()
 
 
 # --- figures ------------------------------------------------------------------
 
 
-def write_figures(groups: Sequence[Group], out_dir: Path, title: str) -> List[Path]:
-    """The overlay of every group's val_binary_crossentropy, then each group's loss and accuracy panels."""
+def write_figures(groups: Sequence[Group], out_dir: Path, title: str, task: str = LEGACY_TASK) -> List[Path]:
+    """The overlay of every group's validation data loss, then each group's loss and headline-metric panels."""
     from src.analysis import plots
 
-    overlay = plots.overlay_figure({g.label: g.histories for g in groups}, title)
-    figures = {"overlay_val_binary_crossentropy.png": overlay}
+    overlay = plots.overlay_figure({g.label: g.histories for g in groups}, title, task)
+    figures = {f"overlay_val_{data_loss(task)}.png": overlay}
     written = [Path(p) for p in plots.save(figures, out_dir)]
     for i, group in enumerate(groups, start=1):
-        panels = plots.curve_figures(group.histories, group.label)
+        panels = plots.curve_figures(group.histories, group.label, task)
         folder = f"runs/{i:02d}-{_slug(group.label)}"
         written += [Path(p) for p in plots.save({f"{folder}/{name}.png": fig for name, fig in panels.items()}, out_dir)]
     return written
@@ -122,9 +142,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m src.compare",
         description=(
-            "Compare runs side by side from MLflow's metric histories: one overlay of every run's "
-            "val_binary_crossentropy (the tutorial's plot; train dashed), loss and accuracy panels per run, and a "
-            "table (final and best val_binary_crossentropy, epoch of best, final train-val gap, final val_accuracy). "
+            "Compare runs side by side from MLflow's metric histories: one overlay of every run's validation data "
+            "loss (val_binary_crossentropy for the tutorial's binary task; train dashed), loss and accuracy (the "
+            "task's headline metric) panels per run, and a table (final and best validation data loss, epoch of "
+            "best, final train-val gap, final headline metric). Runs of different tasks are refused. "
             "Runs whose params differ only in `seed` (and quiet/resume) form one group, drawn as mean ± std bands "
             "and tabled as mean ± std (sample std). Curves bit-identical to an earlier run's are marked (= that run)."
         ),
@@ -211,8 +232,9 @@ def compare_runs(
     client = store.open_store(tracking_uri)
     selected, parents, parent = select_runs(client, tracking_uri, run_ids, experiment, latest)
     runs = [load_run(client, run) for run in selected]
+    task = common_task(runs)
     groups = group_runs(runs)
-    rows = table_rows(groups)
+    rows = table_rows(groups, task)
     log_on = parent.info.run_id if parent else None
     loose = len(selected) - sum(1 for r in selected if r.data.tags.get(store.PARENT_TAG) in {p.info.run_id for p in parents})
     title = " + ".join([_sweep_title(p) for p in parents] + ([f"{loose} runs"] if loose else []))
@@ -221,7 +243,7 @@ def compare_runs(
     elif out is None:
         digest = hashlib.sha256(" ".join(r.run_id for r in runs).encode()).hexdigest()[:12]
         out = PROJECT_ROOT / "reports" / f"runs-{digest}"
-    table = format_table(rows)
+    table = format_table(rows, task)
     report = json.dumps({"tracking_uri": store.redact(tracking_uri), "sweep_run_id": log_on, "groups": rows}, indent=2)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -230,7 +252,7 @@ def compare_runs(
         if json_path:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(report)
-        written = write_figures(groups, out, f"val_binary_crossentropy, {title}")
+        written = write_figures(groups, out, f"val_{data_loss(task)}, {title}", task)
     except OSError as exc:
         raise CompareError(f"--out/--json: cannot write {exc.filename}: {exc.strerror}") from None
     if not (log_on and log):

@@ -1,31 +1,33 @@
-"""`python -m src.evaluate RUN_ID`: score a run's logged model on any slice of HIGGS (or a UCI-layout file)."""
+"""`python -m src.evaluate RUN_ID`: score a run's logged model on its data's rows (any slice of HIGGS), by its task."""
 
 import argparse
 import logging
 import os
 import sys
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from src.core.errors import ConfigError, TrackingError, UserError, first_line
+from src.analysis.scores import task_scores
 from src.tracking import store
 
 log = logging.getLogger(__name__)
 
 EVALUATED_RUN_TAG = "evaluated_run_id"
 EVALUATED_MODEL_TAG = "evaluated_model"
-BCE_EPSILON = 1e-7  # Keras's clip of probabilities in its binary cross-entropy
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m src.evaluate",
-        description="Load a run's logged model (runs:/RUN_ID/MODEL) and score it on rows of the run's data source, "
-        "or of any file in the UCI layout: binary cross-entropy, accuracy (probability > 0.5), ROC AUC and the ROC "
-        f"curve. Logged as a new run tagged {EVALUATED_RUN_TAG}=RUN_ID (or only printed, with --no-log).",
+        description="Load a run's logged model (runs:/RUN_ID/MODEL) and score it on rows of the run's data (for "
+        "HIGGS, of any file in the UCI layout), by the run's task: binary cross-entropy, accuracy (probability > 0.5), "
+        "ROC AUC and the ROC curve; multiclass cross-entropy, accuracy and the confusion matrix; regression mean "
+        f"squared and absolute error and the residuals. Logged as a new run tagged {EVALUATED_RUN_TAG}=RUN_ID (or "
+        "only printed, with --no-log).",
         epilog="examples: python -m src.evaluate RUN_ID; python -m src.evaluate RUN_ID --rows 1000:101000 "
         "data.path=/data/HIGGS.csv.gz; exit status: 0 scored, 2 bad input",
     )
@@ -36,7 +38,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--split", choices=("validation", "training"), default="validation",
                         help="the run's validation rows (the first data.n_validation) or its training rows")
     parser.add_argument("--rows", default=None, metavar="START:END",
-                        help="rows START to END-1 of the source instead of a split (END empty: to the end)")
+                        help="rows START to END-1 of the source instead of a split (END empty: to the end); for data "
+                        "other than HIGGS, of its validation rows then its training rows")
     parser.add_argument("--tracking-uri", default=None,
                         help="the store holding the run (default: $MLFLOW_TRACKING_URI, else the project's store); "
                         "the evaluation run is logged there too")
@@ -46,8 +49,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def evaluation_data(cfg: DictConfig, overrides: Sequence[str], split: str, rows: Optional[str]):
     """The rows to score and a description of them, from the run's data config with `overrides` laid over it."""
-    from src.data.higgs import source_rows
-
     data = cfg.data
     for override in overrides:
         key, sep, value = override.partition("=")
@@ -58,14 +59,12 @@ def evaluation_data(cfg: DictConfig, overrides: Sequence[str], split: str, rows:
         except Exception as exc:  # OmegaConf's validation errors, YAML's
             first = first_line(exc)
             raise ConfigError(f"{override}: {first}") from None
+    start, end = _row_range(rows) if rows is not None else (None, None)
+    if "url" not in data:  # not HIGGS: the loader's rows, validation first (as HIGGS's file has them)
+        return _loaded_rows(cfg, split, rows, start, end)
+    from src.data.higgs import source_rows
+
     if rows is not None:
-        start_text, sep, end_text = rows.partition(":")
-        try:
-            start, end = int(start_text or 0), (int(end_text) if end_text else None)
-        except ValueError:
-            raise ConfigError(f"--rows={rows}: expected START:END, e.g. 0:1000") from None
-        if not sep or start < 0 or (end is not None and end <= start):
-            raise ConfigError(f"--rows={rows}: expected START:END with 0 <= START < END")
         what = "rows"
     elif split == "validation":
         start, end, what = 0, data.n_validation, "validation rows"
@@ -80,17 +79,30 @@ def evaluation_data(cfg: DictConfig, overrides: Sequence[str], split: str, rows:
     return np.asarray(selected[:, 1:]), np.asarray(selected[:, :1]), f"{what} {start}:{start + len(selected)}"
 
 
-def scores(y: np.ndarray, probability: np.ndarray) -> Tuple[Dict[str, float], Tuple[np.ndarray, np.ndarray]]:
-    """Binary cross-entropy, accuracy and ROC AUC of probabilities against 0/1 labels; and the ROC curve."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+def _loaded_rows(cfg: DictConfig, split: str, rows: Optional[str], start: Optional[int], end: Optional[int]):
+    """Rows of a data option's loader: a split, or --rows over its validation then its training rows."""
+    from src.data.loading import load_data
 
-    y, p = y.reshape(-1).astype(np.float64), probability.reshape(-1).astype(np.float64)
-    clipped = np.clip(p, BCE_EPSILON, 1 - BCE_EPSILON)
-    bce = float(-np.mean(y * np.log(clipped) + (1 - y) * np.log(1 - clipped)))
-    accuracy = float(np.mean((p > 0.5) == (y == 1)))
-    auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
-    fpr, tpr, _ = roc_curve(y, p) if 0 < y.sum() < len(y) else (np.array([0, 1]), np.array([0, 1]))
-    return {"binary_crossentropy": bce, "accuracy": accuracy, "auc": auc, "rows": float(len(y))}, (fpr, tpr)
+    splits = load_data(cfg.data)
+    if rows is None:
+        x, y = (splits.x_val, splits.y_val) if split == "validation" else (splits.x_train, splits.y_train)
+        return np.asarray(x), np.asarray(y), f"{split} rows 0:{len(x)}"
+    x, y = np.concatenate([splits.x_val, splits.x_train]), np.concatenate([splits.y_val, splits.y_train])
+    if start >= len(x) or (end is not None and end > len(x)):
+        raise ConfigError(f"--rows={rows}: data={cfg.data.name} has {len(x)} rows")
+    return x[start:end], y[start:end], f"rows {start}:{start + len(x[start:end])}"
+
+
+def _row_range(rows: str):
+    """--rows START:END as (start, end); END None: to the end."""
+    start_text, sep, end_text = rows.partition(":")
+    try:
+        start, end = int(start_text or 0), (int(end_text) if end_text else None)
+    except ValueError:
+        raise ConfigError(f"--rows={rows}: expected START:END, e.g. 0:1000") from None
+    if not sep or start < 0 or (end is not None and end <= start):
+        raise ConfigError(f"--rows={rows}: expected START:END with 0 <= START < END")
+    return start, end
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -106,13 +118,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run = store.get_run(client, args.run_id, uri)
         cfg, _, _ = logged_config(client, run)
         x, y, described = evaluation_data(cfg, args.overrides, args.split, args.rows)
-        probability = _predict(uri, args.run_id, args.model, x)
+        outputs = _predict(uri, args.run_id, args.model, x)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    values, (fpr, tpr) = scores(y, probability)
-    source = cfg.data.path or cfg.data.url
     name = f"evaluate-{run.info.run_name}-{args.model}"
+    task = getattr(cfg.task, "value", cfg.task)
+    values, figures = task_scores(task, y, outputs, f"{name} on {described}")
+    source = OmegaConf.select(cfg, "data.path", default=None) or OmegaConf.select(cfg, "data.url", default=None) \
+        or cfg.data.name
     print(f"{name}: {described} of {store.redact(source)}")
     for key, value in values.items():
         print(f"  {key:<20} {value:,.0f}" if key == "rows" else f"  {key:<20} {value:.6f}")
@@ -128,16 +142,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     new = client.create_run(run.info.experiment_id, run_name=name, tags=tags)
     client.log_batch(new.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in values.items()],
                      params=[Param("rows", described), Param("source", store.redact(str(source)))])
-    figure = plots.roc_figure(fpr, tpr, values["auc"], f"ROC: {name} on {described}")
-    client.log_figure(new.info.run_id, figure, "roc.png")
-    plots.close({"roc": figure})
+    for artifact, figure in figures.items():
+        client.log_figure(new.info.run_id, figure, artifact)
+    plots.close(figures)
     client.set_terminated(new.info.run_id)
     print(f"logged as run {new.info.run_id} ({EVALUATED_RUN_TAG}={args.run_id})")
     return 0
 
 
 def _predict(uri: str, run_id: str, model_name: str, x: np.ndarray) -> np.ndarray:
-    """The logged model's probabilities for `x`; a one-line error when the run has no such model."""
+    """The logged model's outputs for `x` (probabilities, or a regression's values); a one-line error when the run
+    has no such model."""
     import mlflow
     import mlflow.pyfunc
 
@@ -151,5 +166,6 @@ def _predict(uri: str, run_id: str, model_name: str, x: np.ndarray) -> np.ndarra
         first = first_line(exc)
         raise TrackingError(f"run {run_id}: no logged model {model_name!r} ({first}); runs log one unless "
                             "mlflow.log_models=false") from None
-    return np.asarray(model.predict(x)).reshape(-1)
+    outputs = np.asarray(model.predict(x))
+    return outputs.reshape(-1) if outputs.ndim == 2 and outputs.shape[1] == 1 else outputs
 

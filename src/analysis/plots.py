@@ -12,29 +12,31 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from src.core.metrics import HEADLINE_METRIC, LEGACY_TASK, data_loss  # noqa: E402
+
 History = Mapping[str, Sequence[float]]
 
-# (train metric, validation metric, y label) of each per-run panel, keyed by file name.
-CURVES = {
-    "loss": ("loss", "val_loss", "loss (data + regularization)"),
-    "accuracy": ("accuracy", "val_accuracy", "accuracy"),
-}
-OVERLAY_METRIC = "val_binary_crossentropy"
+def curves(task: str = LEGACY_TASK) -> Dict[str, Tuple[str, str, str]]:
+    """(train metric, validation metric, y label) of each per-run panel, keyed by file name: the loss, and the
+    task's headline metric (the tutorial's accuracy)."""
+    headline = HEADLINE_METRIC[task]
+    return {"loss": ("loss", "val_loss", "loss (data + regularization)"),
+            headline: (headline, f"val_{headline}", headline.replace("_", " "))}
 
 
-def run_figures(history: Mapping[str, Sequence[float]], title: str) -> Dict[str, Figure]:
+def run_figures(history: Mapping[str, Sequence[float]], title: str, task: str = LEGACY_TASK) -> Dict[str, Figure]:
     """One run's loss vs val_loss and accuracy vs val_accuracy per epoch, keyed by artifact path: under curves/, and
     at the artifact root too (`curves_loss.png`), where MLflow's compare page shows runs' files side by side."""
     figures = {}
-    for name, fig in curve_figures([history], title).items():
+    for name, fig in curve_figures([history], title, task).items():
         figures[f"curves/{name}.png"] = figures[f"curves_{name}.png"] = fig
     return figures
 
 
-def curve_figures(histories: Sequence[History], title: str) -> Dict[str, Figure]:
+def curve_figures(histories: Sequence[History], title: str, task: str = LEGACY_TASK) -> Dict[str, Figure]:
     """Train vs validation curves of one run, or mean ± std bands of several (seeds), keyed by panel."""
     figures = {}
-    for name, (train_key, val_key, ylabel) in CURVES.items():
+    for name, (train_key, val_key, ylabel) in curves(task).items():
         fig, ax = _axes(title, ylabel)
         drawn = []
         for key, style, color in ((train_key, "-", "C0"), (val_key, "--", "C1")):
@@ -49,10 +51,11 @@ def curve_figures(histories: Sequence[History], title: str) -> Dict[str, Figure]
 def overlay_figure(
     groups: Mapping[str, Sequence[History]],
     title: str,
-    metric: str = OVERLAY_METRIC,
-    train_metric: Optional[str] = "binary_crossentropy",
+    task: str = LEGACY_TASK,
 ) -> Figure:
-    """The tutorial's plot: every run's (or seed group's) validation curve, train dashed in the same colour."""
+    """The tutorial's plot: every run's (or seed group's) validation data loss, train dashed in the same colour."""
+    train_metric = data_loss(task)
+    metric = f"val_{train_metric}"
     # Groups bit-identical to an earlier one (fit/tape twins, an L2 penalty the loop
     # ignores) say so in the legend and are drawn thinner on top, so both stay visible.
     fig, ax = _axes(title, metric.replace("val_", "") + " (solid: validation, dashed: train)")
@@ -70,7 +73,7 @@ def overlay_figure(
         width = 1.5 + 3.0 * (len(chain) - 1 - chain.index(label)) / (len(chain) - 1) if len(chain) > 1 else 1.5
         legend = f"{label} (= {same_as[label]})" if label in same_as else label
         drawn.append(_draw(ax, values, label=legend, color=color, linestyle="-", linewidth=width))
-        train = _series(groups[label], train_metric) if train_metric else None
+        train = _series(groups[label], train_metric)
         if train is not None:
             # no label: the legend names groups; the style says train vs validation
             drawn.append(_draw(ax, train, label=None, color=color, linestyle="--", alpha=0.6, linewidth=width))
@@ -185,4 +188,36 @@ def roc_figure(false_positive_rate: np.ndarray, true_positive_rate: np.ndarray, 
     ax.set_ylabel("true positive rate (signal found)")
     ax.grid(True, alpha=0.4)
     ax.legend(loc="lower right")
+    return fig
+
+
+def confusion_figure(matrix: np.ndarray, title: str) -> Figure:
+    """A multiclass model's confusion matrix: how often each true class (row) was predicted as each class."""
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.set_title("\n".join(textwrap.wrap(title, 60)) or title)
+    image = ax.imshow(matrix, cmap="Blues")
+    for (row, column), count in np.ndenumerate(matrix):
+        ax.text(column, row, str(count), ha="center", va="center", fontsize=8,
+                color="white" if count > matrix.max() / 2 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_xticks(range(matrix.shape[1]))
+    ax.set_yticks(range(matrix.shape[0]))
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def residuals_figure(target: np.ndarray, residuals: np.ndarray, title: str) -> Figure:
+    """A regression model's residuals (prediction - target) against the target, and their histogram."""
+    fig, (scatter, histogram) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig.suptitle("\n".join(textwrap.wrap(title, 90)) or title)
+    scatter.scatter(target, residuals, s=8, alpha=0.6)
+    scatter.axhline(0.0, color="grey", linestyle="--")
+    scatter.set_xlabel("target")
+    scatter.set_ylabel("prediction - target")
+    scatter.grid(True, alpha=0.4)
+    histogram.hist(residuals, bins=30)
+    histogram.set_xlabel("prediction - target")
+    histogram.set_ylabel("rows")
+    histogram.grid(True, alpha=0.4)
     return fig

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from src.core.config import is_semantic
+from src.core.metrics import HEADLINE_METRIC, LEGACY_TASK, data_loss
 
 
 # Params that do not make runs different experiments: runs differing only in these form one group.
@@ -13,14 +14,25 @@ def _ignored_in_groups(key: str) -> bool:
 
 # Params already spelled out by a run's name (e.g. `tape-l2-large-no_reg_loss`), left out of labels.
 NAMED_PARAMS = ("loop.name", "reg.name", "model.name", "loop.include_reg_loss")
-STATS = {  # table column -> (JSON key, decimals)
-    "final val_bce": ("final_val_binary_crossentropy", 4),
-    "best val_bce": ("best_val_binary_crossentropy", 4),
-    "best@epoch": ("best_epoch", 1),
-    "train-val gap": ("final_train_val_gap", 4),
-    "final val_acc": ("final_val_accuracy", 4),
-    "val_bce wobble": ("val_bce_wobble", 4),
-}
+SHORT = {"binary_crossentropy": "bce", "sparse_categorical_crossentropy": "sce", "mean_squared_error": "mse",
+         "accuracy": "acc", "mean_absolute_error": "mae"}  # the table's short names of the metrics
+
+
+def stats_columns(task: str) -> Dict[str, Tuple[str, int]]:
+    """The table's columns for a task: column -> (JSON key, decimals); for binary, the tutorial's."""
+    loss, headline = data_loss(task), HEADLINE_METRIC[task]
+    short, short_headline = SHORT.get(loss, loss), SHORT.get(headline, headline)
+    return {
+        f"final val_{short}": (f"final_val_{loss}", 4),
+        f"best val_{short}": (f"best_val_{loss}", 4),
+        "best@epoch": ("best_epoch", 1),
+        "train-val gap": ("final_train_val_gap", 4),
+        f"final val_{short_headline}": (f"final_val_{headline}", 4),
+        f"val_{short} wobble": (f"val_{short}_wobble", 4),
+    }
+
+
+STATS = stats_columns(LEGACY_TASK)  # the tutorial's columns
 
 History = Dict[str, List[float]]
 
@@ -71,23 +83,24 @@ def group_runs(runs: Sequence[RunData]) -> List[Group]:
     return result
 
 
-def run_stats(history: History) -> Dict[str, float]:
+def run_stats(history: History, task: str = LEGACY_TASK) -> Dict[str, float]:
     """The table's numbers for one run (epochs count from 0, as MLflow steps)."""
-    val = history["val_binary_crossentropy"]
+    loss, headline = data_loss(task), HEADLINE_METRIC[task]
+    val = history[f"val_{loss}"]
     finite = [(v, i) for i, v in enumerate(val) if math.isfinite(v)]
     best, best_epoch = min(finite) if finite else (math.nan, math.nan)
-    train = history["binary_crossentropy"]
-    acc = history["val_accuracy"]
+    train = history[loss]
+    score = history.get(f"val_{headline}", [])
     return {
-        "final_val_binary_crossentropy": val[-1],
-        "best_val_binary_crossentropy": best,
+        f"final_val_{loss}": val[-1],
+        f"best_val_{loss}": best,
         "best_epoch": best_epoch,
         # positive = validation loss above training loss: overfitting
         "final_train_val_gap": val[-1] - train[-1] if train else math.nan,
-        "final_val_accuracy": acc[-1] if acc else math.nan,
+        f"final_val_{headline}": score[-1] if score else math.nan,
         # how much the validation loss jumps between epochs late in training: the
         # article's "dropout steadies the loss" as a number
-        "val_bce_wobble": _mean_abs_step(val[(len(val) - 1) // 2 :]),
+        f"val_{SHORT.get(loss, loss)}_wobble": _mean_abs_step(val[(len(val) - 1) // 2 :]),
     }
 
 
@@ -97,9 +110,9 @@ def _mean_abs_step(values: Sequence[float]) -> float:
     return sum(steps) / len(steps) if steps else math.nan
 
 
-def group_stats(group: Group) -> Dict[str, Dict[str, Optional[float]]]:
+def group_stats(group: Group, task: str = LEGACY_TASK) -> Dict[str, Dict[str, Optional[float]]]:
     """Each statistic's per-run values, mean and sample std (None for a single run)."""
-    per_run = [run_stats(h) for h in group.histories]
+    per_run = [run_stats(h, task) for h in group.histories]
     out = {}
     for key in per_run[0]:
         values = [s[key] for s in per_run]
@@ -109,22 +122,23 @@ def group_stats(group: Group) -> Dict[str, Dict[str, Optional[float]]]:
     return out
 
 
-def table_rows(groups: Sequence[Group]) -> List[Dict]:
+def table_rows(groups: Sequence[Group], task: str = LEGACY_TASK) -> List[Dict]:
     """One JSON-ready row per group: label, runs, seeds and statistics."""
+    loss = data_loss(task)
     return [
         {
             "label": g.label,
             "n": len(g.runs),
             "run_ids": [r.run_id for r in g.runs],
             "seeds": [r.params.get("seed") for r in g.runs],
-            "epochs": [len(r.history["val_binary_crossentropy"]) for r in g.runs],
-            "stats": group_stats(g),
+            "epochs": [len(r.history[f"val_{loss}"]) for r in g.runs],
+            "stats": group_stats(g, task),
         }
         for g in groups
     ]
 
 
-def format_table(rows: Sequence[Dict]) -> str:
+def format_table(rows: Sequence[Dict], task: str = LEGACY_TASK) -> str:
     """The table as aligned text; groups of several seeds show mean ± std."""
 
     def cell(stat: Dict, decimals: int) -> str:
@@ -132,10 +146,11 @@ def format_table(rows: Sequence[Dict]) -> str:
             return f"{stat['mean']:.{decimals if decimals > 1 else 0}f}"
         return f"{stat['mean']:.{decimals}f} ± {stat['std']:.{decimals}f}"
 
-    header = ["run", "n", *STATS]
+    columns = stats_columns(task)
+    header = ["run", "n", *columns]
     mixed = [len(set(row["epochs"])) > 1 for row in rows]  # a group whose runs ran different numbers of epochs
     body = [
-        [row["label"] + ("*" if odd else ""), str(row["n"]), *(cell(row["stats"][key], d) for key, d in STATS.values())]
+        [row["label"] + ("*" if odd else ""), str(row["n"]), *(cell(row["stats"][key], d) for key, d in columns.values())]
         for row, odd in zip(rows, mixed)
     ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
@@ -144,9 +159,11 @@ def format_table(rows: Sequence[Dict]) -> str:
         for line in [header, *body]
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    loss = data_loss(task)
+    short = SHORT.get(loss, loss)
     note = (
-        "val_bce = val_binary_crossentropy; gap = val_bce - train bce at the last epoch; "
-        "wobble = mean |epoch-to-epoch change| of val_bce over the second half of the epochs; epochs count from 0"
+        f"val_{short} = val_{loss}; gap = val_{short} - train {short} at the last epoch; "
+        f"wobble = mean |epoch-to-epoch change| of val_{short} over the second half of the epochs; epochs count from 0"
     )
     if any(mixed):
         note += "\n* the group's runs have different numbers of epochs: its statistics mix different epochs"

@@ -6,13 +6,22 @@ from typing import List, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from src.core.errors import ConfigError
-from src.core.metrics import MONITORABLE
+from src.core.metrics import monitorable
 from src.core.regularizers import REGULARIZERS, knobs_on, option_name
 from src.core.schema import ALL_ROWS, CONFIG_DIR, LOOP_SCHEMAS
 
-# Keys (and whole sections) that do not change what a run computes: left out of its config digest.
+# Keys (and whole sections) that do not change what a run computes: left out of its config digest. (data.task and
+# data.batch_size are only the defaults of `task` and `train.batch_size`, which are in it.)
 NON_SEMANTIC_KEYS = ("mlflow", "quiet", "resume", "trial", "train.checkpoint_every", "train.collective_timeout_seconds",
-                     "data.cache_dir", "data.timeout_seconds")
+                     "data.cache_dir", "data.timeout_seconds", "data.task", "data.batch_size")
+# Keys that came after runs were first logged, at the value those runs had without them: a key at that value is left
+# out of the digest too, so a tutorial run's config digest is the one it had before (resume and reproduce find it).
+LEGACY_VALUES = {
+    "task": "binary",
+    "model._target_": "src.training.models.dense",
+    "data._target_": "src.data.higgs.load",
+    "optimizer": {"_target_": "keras.optimizers.Adam", "_partial_": True, "name": "adam"},
+}
 
 
 def is_semantic(key: str) -> bool:
@@ -21,17 +30,24 @@ def is_semantic(key: str) -> bool:
 
 
 def semantic_part(plain: dict, prefix: str = "") -> dict:
-    """A plain config without its non-semantic keys."""
+    """A plain config without its non-semantic keys, nor those at their LEGACY_VALUES."""
     return {k: semantic_part(v, f"{prefix}{k}.") if isinstance(v, dict) else v
-            for k, v in plain.items() if is_semantic(f"{prefix}{k}")}
+            for k, v in plain.items()
+            if is_semantic(f"{prefix}{k}") and LEGACY_VALUES.get(f"{prefix}{k}", _ABSENT) != v}
 
 
-def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """The project's config composed from conf/ with these overrides, as `python -m src.train` would."""
+_ABSENT = object()
+TUTORIAL_DATA = "higgs"
+
+
+def compose_config(overrides: Sequence[str] = (), search_path: Sequence[str] = ()) -> DictConfig:
+    """The project's config composed from conf/ (and the folders of `search_path`, as `--config-dir` adds one) with
+    these overrides, as `python -m src.train` would."""
     from hydra import compose, initialize_config_dir
 
+    extra = [f"hydra.searchpath=[{','.join(f'file://{folder}' for folder in search_path)}]"] if search_path else []
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose("config", overrides=[*extra, *overrides])
 
 
 def group_options(group: str) -> List[str]:
@@ -59,21 +75,20 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.train.threads >= 0, "train.threads", "must be 0 (all cores) or a positive count")
     need(cfg.train.checkpoint_every >= 0, "train.checkpoint_every", "must be 0 (only when interrupted) or more")
     need(cfg.train.lr_decay_epochs > 0, "train.lr_decay_epochs", "must be positive")
-    stopping = cfg.train.early_stopping
-    need(stopping.monitor in MONITORABLE, "train.early_stopping.monitor", f"must be one of {', '.join(MONITORABLE)}")
+    stopping, task = cfg.train.early_stopping, getattr(cfg.task, "value", cfg.task)
+    need(stopping.monitor in monitorable(task), "train.early_stopping.monitor",
+         f"must be one of {', '.join(monitorable(task))} (task={task})")
     need(stopping.patience >= 0, "train.early_stopping.patience", "must be 0 or more")
     need(stopping.min_delta >= 0, "train.early_stopping.min_delta", "must be 0 or more")
-    need(cfg.data.n_validation >= 1, "data.n_validation", "must be at least 1")
-    need(cfg.data.n_train >= 1 or cfg.data.n_train == ALL_ROWS, "data.n_train",
-         f"must be at least 1, or {ALL_ROWS} for every row after the validation rows")
-    need(cfg.data.n_features >= 1, "data.n_features", "must be at least 1")
-    need(
-        cfg.train.batch_size <= cfg.data.n_train or cfg.data.n_train == ALL_ROWS,
-        "train.batch_size",
-        f"larger than data.n_train={cfg.data.n_train}: an epoch would have no full step",
-    )
-    need(len(cfg.model.hidden_units) >= 1, "model.hidden_units", "needs at least one layer")
-    need(all(u >= 1 for u in cfg.model.hidden_units), "model.hidden_units", "units must be positive")
+    for section in ("model", "data", "optimizer"):
+        need(bool(OmegaConf.select(cfg, f"{section}._target_", default=None)), f"{section}._target_",
+             f"required: the callable that makes the {section} (see conf/{section}/)")
+        need(bool(OmegaConf.select(cfg, f"{section}.name", default=None)), f"{section}.name",
+             f"required: the {section} option's name (it names the runs)")
+    _validate_data(cfg, need)
+    if "hidden_units" in cfg.model:
+        need(len(cfg.model.hidden_units) >= 1, "model.hidden_units", "needs at least one layer")
+        need(all(u >= 1 for u in cfg.model.hidden_units), "model.hidden_units", "units must be positive")
     for knob, regularizer in REGULARIZERS.items():
         need(regularizer.valid(cfg.reg[knob]), f"reg.{knob}", regularizer.rule)
     named = [] if cfg.reg.name == "none" else cfg.reg.name.split("_")
@@ -96,8 +111,25 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.mlflow.system_metrics_seconds >= 0.1, "mlflow.system_metrics_seconds", "must be at least 0.1")
 
 
+def _validate_data(cfg: DictConfig, need) -> None:
+    """The row counts of a data option that has them (HIGGS's, a table's, a bundled set's)."""
+    data = cfg.data
+    if "n_validation" in data and data.n_validation is not None:
+        need(data.n_validation >= 1, "data.n_validation", "must be at least 1")
+    if "n_train" in data:
+        need(data.n_train >= 1 or data.n_train == ALL_ROWS, "data.n_train",
+             f"must be at least 1, or {ALL_ROWS} for every row after the validation rows")
+        need(cfg.train.batch_size <= data.n_train or data.n_train == ALL_ROWS, "train.batch_size",
+             f"larger than data.n_train={data.n_train}: an epoch would have no full step")
+    if "n_features" in data:
+        need(data.n_features >= 1, "data.n_features", "must be at least 1")
+
+
 def run_name(cfg: DictConfig) -> str:
-    """Readable run name, e.g. `fit-l2-large`, `tape-l2-large-no_reg_loss`, or `trial 3 fit-l2-large` in a search."""
+    """Readable run name, e.g. `fit-l2-large`, `tape-l2-large-no_reg_loss`, `fit-none-cnn-digits` (data other than
+    HIGGS), or `trial 3 fit-l2-large` in a search."""
     name = f"{cfg.loop.name}-{cfg.reg.name}-{cfg.model.name}" + OmegaConf.to_object(cfg.loop).run_name_suffix()
+    if cfg.data.name != TUTORIAL_DATA:  # the tutorial's runs keep their names; any other data is named
+        name += f"-{cfg.data.name}"
     number = OmegaConf.select(cfg, "trial.number", default=None)
     return name if number is None else f"trial {number} {name}"

@@ -1,22 +1,29 @@
-"""The regularizers a `reg` option switches on, each described once: its knob, its valid range, what it adds.
+"""The regularizers a `reg` option switches on, each described once: its knob, its valid range, how it reaches a model.
 
 The `reg` schema, `validate`, the model builder and the tests all derive from `REGULARIZERS`:
 adding one (say L1) is one entry here plus a `conf/reg/<option>.yaml`. A reg option's name
 lists the knobs it switches on, joined by `_` (`l2_dropout`), or is `none`.
+
+A knob reaches a model in one of two ways. A kernel penalty (L2) is handed to the builder as its
+`kernel_regularizer` argument when it takes one (the builder puts it where it belongs: the tutorial's
+hidden layers), and is otherwise put on every kernel of the built model. Any other knob (dropout) is
+handed to the builder as the argument it names; a builder without that argument cannot take it.
 """
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
+
+KERNEL_ARGUMENT = "kernel_regularizer"  # the builder argument every kernel penalty goes to
 
 
 @dataclass(frozen=True)
 class Regularizer:
-    """One knob of the `reg` group (0 = off) and what it adds to each hidden layer when on."""
+    """One knob of the `reg` group (0 = off), and how it reaches the model when on."""
 
     valid: Callable[[float], bool]
     rule: str  # why a value is refused, e.g. "must be 0 or positive"
-    kernel_penalty: Callable[[float], Any] = None  # -> a Keras regularizer on the layer's kernel
-    layer_after: Callable[[float], Any] = None  # -> a Keras layer placed after the hidden layer
+    kernel_penalty: Optional[Callable[[float], Any]] = None  # -> a Keras regularizer on kernels
+    argument: Optional[str] = None  # the builder argument the knob's value goes to (when not a kernel penalty)
 
 
 def _l2(factor: float):
@@ -25,16 +32,10 @@ def _l2(factor: float):
     return keras.regularizers.L2(factor)
 
 
-def _dropout(rate: float):
-    import keras
-
-    return keras.layers.Dropout(rate)
-
-
 # Knob names hold no `_`: an option's name is its knobs joined by `_`.
 REGULARIZERS: Dict[str, Regularizer] = {
     "l2": Regularizer(lambda v: v >= 0, "must be 0 or positive", kernel_penalty=_l2),
-    "dropout": Regularizer(lambda v: 0 <= v < 1, "must be in [0, 1)", layer_after=_dropout),
+    "dropout": Regularizer(lambda v: 0 <= v < 1, "must be in [0, 1)", argument="dropout"),
 }
 
 
@@ -49,13 +50,13 @@ def option_name(knobs: List[str]) -> str:
 
 
 def kernel_regularizer(reg):
-    """The penalty on each hidden kernel (None without one); several kernel knobs add up."""
+    """The penalty on each kernel (None without one); several kernel knobs add up."""
     penalties = [REGULARIZERS[k].kernel_penalty(reg[k]) for k in knobs_on(reg) if REGULARIZERS[k].kernel_penalty]
     if len(penalties) <= 1:
         return penalties[0] if penalties else None
     return lambda kernel: sum(penalty(kernel) for penalty in penalties)
 
 
-def layers_after(reg) -> list:
-    """The layers that follow each hidden layer (e.g. Dropout), in REGULARIZERS order."""
-    return [REGULARIZERS[k].layer_after(reg[k]) for k in knobs_on(reg) if REGULARIZERS[k].layer_after]
+def builder_arguments(reg) -> Dict[str, float]:
+    """The knobs that go to the builder as arguments of their own (e.g. dropout=0.5), off ones as 0."""
+    return {r.argument: float(reg[k]) for k, r in REGULARIZERS.items() if r.argument}

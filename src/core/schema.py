@@ -3,11 +3,12 @@
 from dataclasses import dataclass, field, make_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from src.core.metrics import data_loss
 from src.core.regularizers import REGULARIZERS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -39,17 +40,68 @@ class Strategy(str, Enum):
 
 
 class LrSchedule(str, Enum):
-    """Adam's learning rate per step: constant, or the tutorial's InverseTimeDecay."""
+    """The optimizer's learning rate per step: constant, or the tutorial's InverseTimeDecay."""
 
     constant = "constant"
     inverse_time = "inverse_time"
 
 
+class Task(str, Enum):
+    """What a run learns: one logit per row (binary), one per class (multiclass), or a value (regression)."""
+
+    binary = "binary"
+    multiclass = "multiclass"
+    regression = "regression"
+
+
+# A model, data or optimizer option names the callable that makes it (`_target_`, Hydra's idiom) and its arguments.
+# The built-in options extend the schemas below; a user's own option (`--config-dir`) may hold any keys it likes.
+
+
 @dataclass
 class ModelConfig:
+    """What every model option has: its builder, called as builder(input_shape=..., n_outputs=..., **the rest)."""
+
+    _target_: str = MISSING
     name: str = MISSING
+
+
+@dataclass
+class DenseModelConfig(ModelConfig):
+    """The tutorial's models: Dense layers of `hidden_units`, each with `activation`, then the output units."""
+
     hidden_units: List[int] = MISSING
     activation: str = MISSING
+
+
+@dataclass
+class CnnModelConfig(ModelConfig):
+    """A small convolutional net for images: Conv2D + max-pool per `filters` entry, a Dense layer, the outputs."""
+
+    filters: List[int] = MISSING
+    kernel_size: int = MISSING
+    dense_units: int = MISSING
+    activation: str = MISSING
+
+
+@dataclass
+class OptimizerConfig:
+    """A Keras optimizer as a partial: the loop gives it the learning rate (and the schedule)."""
+
+    _target_: str = MISSING
+    _partial_: bool = True
+    name: str = MISSING
+
+
+@dataclass
+class SgdConfig(OptimizerConfig):
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+
+
+@dataclass
+class AdamWConfig(OptimizerConfig):
+    weight_decay: float = MISSING
 
 
 # One float knob per regularizer, described in src/core/regularizers.py; 0.0 is "off", so a knob
@@ -93,7 +145,16 @@ STRATEGY_OPTIONS = {"_DefaultDistributionStrategy": "default", "OneDeviceStrateg
 
 @dataclass
 class DataConfig:
+    """What every data option has: its loader, called as loader(**the rest), the task and batch size it suggests."""
+
+    _target_: str = MISSING
     name: str = MISSING
+    task: Task = MISSING  # the task a run on this data has unless `task` says otherwise
+    batch_size: int = MISSING  # train.batch_size unless it is set
+
+
+@dataclass
+class HiggsDataConfig(DataConfig):
     path: Optional[str] = MISSING
     url: str = MISSING
     n_features: int = MISSING
@@ -104,9 +165,26 @@ class DataConfig:
 
 
 @dataclass
+class CsvDataConfig(DataConfig):
+    path: Optional[str] = MISSING  # a CSV (header row first) or Parquet file
+    label: Optional[str] = MISSING  # the label's column (required)
+    features: Optional[List[str]] = MISSING  # the feature columns; null: every other column
+    n_validation: Optional[int] = MISSING  # the first N rows validate ...
+    validation_fraction: Optional[float] = MISSING  # ... or this share of the rows (one of the two)
+    cache_dir: str = MISSING
+
+
+@dataclass
+class BundledDataConfig(DataConfig):
+    """A data set that ships inside an installed package (scikit-learn's): offline, no file to give."""
+
+    n_validation: int = MISSING
+
+
+@dataclass
 class EarlyStoppingConfig:
     enabled: bool = MISSING
-    monitor: str = MISSING  # one of MONITORABLE; also picks the epoch of the logged best model
+    monitor: str = MISSING  # an epoch metric of the task (core.metrics.monitorable); picks the logged best model
     patience: int = MISSING  # epochs without an improvement before training stops
     min_delta: float = MISSING  # an improvement must beat the best by more than this
     restore_best: bool = MISSING  # end training with the best epoch's weights
@@ -116,7 +194,7 @@ class EarlyStoppingConfig:
 class TrainConfig:
     epochs: int = MISSING
     batch_size: int = MISSING  # rows per step; an epoch is data.n_train // batch_size steps
-    learning_rate: float = MISSING  # Adam's (the initial one, with a schedule)
+    learning_rate: float = MISSING  # the optimizer's (the initial one, with a schedule)
     lr_schedule: LrSchedule = MISSING
     lr_decay_epochs: float = MISSING  # inverse_time: epochs until the rate has halved
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
@@ -151,10 +229,13 @@ class TrialConfig:
 
 @dataclass
 class Config:
-    model: ModelConfig = MISSING
+    # model, data and optimizer are typed by their option's schema when it names one (a user's own need not)
+    model: Any = MISSING
     reg: RegConfig = MISSING
     loop: LoopConfig = MISSING  # typed by the option's own schema when composed (Hydra's schema pattern)
-    data: DataConfig = MISSING
+    data: Any = MISSING
+    optimizer: Any = MISSING
+    task: Task = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
@@ -164,17 +245,28 @@ class Config:
     resume: bool = MISSING
 
 
+# group -> {schema name: schema}; conf/<group>/<option>.yaml extends `<name>_schema`
+SCHEMAS: Dict[str, Dict[str, type]] = {
+    "model": {"dense": DenseModelConfig, "cnn": CnnModelConfig},
+    "data": {"higgs": HiggsDataConfig, "csv": CsvDataConfig, "bundled": BundledDataConfig},
+    "optimizer": {"optimizer": OptimizerConfig, "sgd": SgdConfig, "adamw": AdamWConfig},
+}
+
+
 def register_configs() -> None:
     """Register the schemas so `conf/` files can extend them by name."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
+    for group, schemas in SCHEMAS.items():
+        for name, schema in schemas.items():
+            cs.store(group=group, name=f"{name}_schema", node=schema)
     cs.store(group="reg", name="reg_schema", node=RegConfig)
     for option, schema in LOOP_SCHEMAS.items():
         cs.store(group="loop", name=f"{option}_schema", node=schema)
-    cs.store(group="data", name="data_schema", node=DataConfig)
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("task_loss"):  # ${task_loss:binary} = binary_crossentropy: a default by task
+        OmegaConf.register_new_resolver("task_loss", lambda task: data_loss(getattr(task, "value", task)))
 
 
 register_configs()

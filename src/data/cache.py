@@ -35,7 +35,7 @@ SUFFIX = ".rows"
 
 @dataclass(frozen=True)
 class Source:
-    """A UCI file to ingest: what names it in messages, what identifies its content, how to read it."""
+    """A file to ingest: what names it in messages, what identifies its content, how to read and parse it."""
 
     location: str  # the absolute path or URL
     identity: dict  # path/size/mtime_ns, or url/length/etag/last_modified
@@ -43,6 +43,9 @@ class Source:
     size: Optional[int]  # bytes, for the progress bar
     threads: bool  # decompress in a thread of its own (see ingest.parse_blocks)
     identity_now: Optional[Callable[[], dict]] = None  # the identity read again, to notice a change mid-ingest
+    # its rows as float32 blocks, label first: parse(open_raw, n_rows); None: a UCI-layout file (ingest.parse_blocks)
+    parse: Optional[Callable[[OpenRaw, Optional[int]], Iterator[np.ndarray]]] = None
+    prefix: str = "higgs"  # the cache files' names start with it
 
     @property
     def key(self) -> str:
@@ -109,11 +112,11 @@ def ingest(
 ) -> Tuple[Entry, bool]:
     """Parse `source` into a cache file once, whoever else asks at the same time: the entry, and whether this call wrote it."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir / f"higgs-{source.key}.lock"):
+    with _locked(cache_dir / f"{source.prefix}-{source.key}.lock"):
         entry = _find(cache_dir, source, n_rows)  # another job may have ingested it while this one waited
         if entry is not None:
             return entry, False
-        for stale in cache_dir.glob(f".higgs-{source.key}-*{SUFFIX}.tmp"):  # left by a killed ingest (the lock is ours)
+        for stale in cache_dir.glob(f".{source.prefix}-{source.key}-*{SUFFIX}.tmp"):  # left by a killed ingest (the lock is ours)
             stale.unlink(missing_ok=True)
         entry = _write(source, n_rows, n_features, cache_dir, progress)
         _remove_superseded(cache_dir, source, entry)
@@ -128,13 +131,14 @@ def cached_entries_of(cache_dir: Path, location: str) -> List[Entry]:
 
 def _find(cache_dir: Path, source: Source, n_rows: Optional[int]) -> Optional[Entry]:
     """The smallest readable cache file of this exact source that holds the rows asked for."""
-    fits = [e for e in _entries(cache_dir, source.key) if e.header["source"] == source.identity and e.covers(n_rows)]
+    fits = [e for e in _entries(cache_dir, source.key, source.prefix)
+            if e.header["source"] == source.identity and e.covers(n_rows)]
     return min(fits, key=lambda e: e.rows, default=None)
 
 
-def _entries(cache_dir: Path, key: str = "*") -> Iterator[Entry]:
+def _entries(cache_dir: Path, key: str = "*", prefix: str = "*") -> Iterator[Entry]:
     """Readable cache files (of one source key, or all); an unreadable one is skipped with a warning."""
-    for path in sorted(cache_dir.glob(f"higgs-{key}-*{SUFFIX}")):
+    for path in sorted(cache_dir.glob(f"{prefix}-{key}-*{SUFFIX}")):
         try:
             with open(path, "rb") as f:
                 head = f.read(HEADER_BYTES)
@@ -163,7 +167,7 @@ def _write(source: Source, n_rows: Optional[int], n_features: int, cache_dir: Pa
         counted.append(CountingReader(source.open_raw()))
         return counted[-1]
 
-    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".higgs-{source.key}-", suffix=SUFFIX + ".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{source.prefix}-{source.key}-", suffix=SUFFIX + ".tmp")
     os.fchmod(fd, 0o644)  # mkstemp makes it private; the cache is for every job, whoever runs it
     try:
         with os.fdopen(fd, "wb") as out, tqdm(
@@ -172,10 +176,10 @@ def _write(source: Source, n_rows: Optional[int], n_features: int, cache_dir: Pa
         ) as bar:
             out.write(b"\0" * HEADER_BYTES)
             rows = 0
-            for block in parse_blocks(open_counted, source.location, n_rows, n_features, threads=source.threads):
+            for block in _blocks(source, open_counted, n_rows, n_features):
                 out.write(block.data)
                 rows += len(block)
-                bar.update(counted[-1].bytes_read - bar.n)
+                bar.update((counted[-1].bytes_read if counted else bar.n) - bar.n)  # a parser of its own reads by path
                 bar.set_postfix_str(f"{rows:,} rows", refresh=False)
             complete = n_rows is None or rows < n_rows  # the source ran out before the rows asked for
             header = {
@@ -194,7 +198,7 @@ def _write(source: Source, n_rows: Optional[int], n_features: int, cache_dir: Pa
             out.write(encoded.ljust(HEADER_BYTES, b" "))
         if source.identity_now is not None and source.identity_now() != source.identity:
             raise DataError(f"{source.location} changed while it was being read; run again once it is complete")
-        path = cache_dir / f"higgs-{source.key}-{'all' if complete else rows}{SUFFIX}"
+        path = cache_dir / f"{source.prefix}-{source.key}-{'all' if complete else rows}{SUFFIX}"
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -218,8 +222,14 @@ def _remove_superseded(cache_dir: Path, source: Source, keep: Entry) -> None:
 
 def _parse_all(source: Source, n_rows: Optional[int], n_features: int) -> np.ndarray:
     """The rows parsed into memory (when the cache cannot be written)."""
-    blocks = list(parse_blocks(source.open_raw, source.location, n_rows, n_features, threads=source.threads))
-    return np.concatenate(blocks)
+    return np.concatenate(list(_blocks(source, source.open_raw, n_rows, n_features)))
+
+
+def _blocks(source: Source, open_raw: OpenRaw, n_rows: Optional[int], n_features: int) -> Iterator[np.ndarray]:
+    """The source's rows as float32 blocks (label first), by its own parser or as a UCI-layout file."""
+    if source.parse is not None:
+        return source.parse(open_raw, n_rows)
+    return parse_blocks(open_raw, source.location, n_rows, n_features, threads=source.threads)
 
 
 @contextmanager

@@ -1,54 +1,33 @@
 """HIGGS rows: from the shared cache, ingesting a local file or a URL on first use; split into validation and training."""
 
-import hashlib
 import http.client
 import logging
 import os
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.core.errors import DataError
 from src.core.schema import ALL_ROWS
+from src.data.splits import Splits
 
 if TYPE_CHECKING:
     from src.data.cache import CachedRows, Source
 
 log = logging.getLogger(__name__)
 
-# rows hashed at a time: a memory-mapped split is never copied whole
-DIGEST_CHUNK_ROWS = 1 << 16
-
-
-@dataclass(frozen=True)
-class HiggsSplits:
-    """Validation rows (the file's first) and training rows (the next), float32 views of the cached rows."""
-
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_train: np.ndarray
-    y_train: np.ndarray
-    source: str  # absolute path or URL the rows came from
-
-    def digest(self) -> str:
-        """sha256 over every value of both splits (MLflow's dataset digest samples only the first 10,000)."""
-        sha = hashlib.sha256()
-        for array in (self.x_val, self.y_val, self.x_train, self.y_train):
-            # chunks of whole rows hash the same bytes as the whole C-ordered array would
-            for start in range(0, len(array), DIGEST_CHUNK_ROWS):
-                sha.update(np.ascontiguousarray(array[start : start + DIGEST_CHUNK_ROWS]).data)
-        return sha.hexdigest()
-
-
 DOWNLOADS = "downloads"  # data.cache_dir's folder for whole-file downloads
 
 
-def load_higgs(data: DictConfig, *, progress: bool = False) -> HiggsSplits:
+def load(*, progress: bool = False, **data) -> Splits:
+    """data=higgs's loader (its option's keys as arguments): see `load_higgs`."""
+    return load_higgs(OmegaConf.create(data), progress=progress)
+
+
+def load_higgs(data: DictConfig, *, progress: bool = False) -> Splits:
     """Validation = the first `n_validation` rows, training = the next `n_train` (-1: all the rest), memory-mapped."""
     n_rows = None if data.n_train == ALL_ROWS else data.n_validation + data.n_train
     got = source_rows(data, n_rows, progress=progress)
@@ -69,9 +48,8 @@ def load_higgs(data: DictConfig, *, progress: bool = False) -> HiggsSplits:
             f"{location} has {have} rows, fewer than data.n_validation + data.n_train = {n_rows}; {fix}"
         )
     val, train = rows[: data.n_validation], rows[data.n_validation : n_rows]
-    return HiggsSplits(
-        x_val=val[:, 1:], y_val=val[:, :1], x_train=train[:, 1:], y_train=train[:, :1], source=location
-    )
+    return Splits(x_val=val[:, 1:], y_val=val[:, :1], x_train=train[:, 1:], y_train=train[:, :1], source=location,
+                  name="higgs")
 
 
 def source_rows(data: DictConfig, n_rows: Optional[int], *, progress: bool) -> "CachedRows":

@@ -1,12 +1,12 @@
 """The tf.data pipelines both loops share: a stateless (seed, epoch) shuffle, O(1) per step, resumable at any step."""
 
-from src.data.higgs import HiggsSplits
+from src.data.splits import Splits
 
 # batches gathered by one call into numpy (a call costs ~50 us and holds the GIL)
 GATHER_BATCHES = 20
 
 
-def make_datasets(splits: HiggsSplits, batch_size: int, seed: int, start_step: int = 0):
+def make_datasets(splits: Splits, batch_size: int, seed: int, start_step: int = 0):
     """Training batches from a fresh shuffle of the rows every epoch, repeated; fixed validation batches.
 
     `start_step`: the stream from that batch on (a resumed run's), exactly as an uninterrupted run reaches it.
@@ -36,7 +36,7 @@ def make_datasets(splits: HiggsSplits, batch_size: int, seed: int, start_step: i
 
     def batch_of(rows):
         x, y = tf.numpy_function(gather, [rows], (tf.float32, tf.float32), stateful=False)
-        x.set_shape([None, splits.x_train.shape[1]])
+        x.set_shape([None, *splits.x_train.shape[1:]])
         y.set_shape([None, 1])
         return x, y
 

@@ -1,9 +1,10 @@
 """One Hydra job of a run or a sweep: its threads, its sweep parent, its trial reporter, its job_result.json."""
 
+import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -14,10 +15,12 @@ from src.core.errors import JobFailed, RunInterrupted, UserError, first_line
 from src.core.interrupts import handle_interrupts, requeue_if_preempted
 from src.core.redaction import redact, redact_files, redact_log_handlers
 from src.core.runstates import FAILED, FINISHED, KILLED, PRUNED
+from src.core.schema import CONFIG_DIR
 from src.experiments import search
 from src.experiments.sweep import JobResult
 from src.experiments.sweep_parent import find_parent_run_id
 from src.experiments.train import train
+from src.tracking.store import CONFIG_DIRS_TAG
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +41,10 @@ def run_job(cfg: DictConfig) -> Optional[dict]:
                     overrides=[redact(o) for o in overrides])
     job.write(output_dir)
     try:
-        reporter = search.trial_reporter(cfg.trial, OmegaConf.select(hydra_cfg, "sweeper"))
+        reporter = search.trial_reporter(cfg.trial, OmegaConf.select(hydra_cfg, "sweeper"), cfg.task)
+        tags = {**_config_dirs_tag(hydra_cfg), **(reporter.identity_tags() if reporter else {})}
         result = train(cfg, parent_run_id=parent_run_id, overrides=overrides, output_dir=output_dir,
-                       on_epoch_end=[reporter] if reporter else [],
-                       extra_tags=reporter.identity_tags() if reporter else None)
+                       on_epoch_end=[reporter] if reporter else [], extra_tags=tags)
         job.status, job.run_id, job.run_name, job.error = result.status, result.run_id, result.run_name, result.error
         if reporter and reporter.pruned_epoch is not None and result.status == FINISHED:
             job.status = PRUNED
@@ -65,6 +68,14 @@ def run_job(cfg: DictConfig) -> Optional[dict]:
         raise JobFailed(job.error, run_id=job.run_id)  # Hydra prints it as one line; a sweep's summary names the run
     # what a sweeper hears back from the launcher (the optuna sweeper scores the trial from the history)
     return {"status": job.status, "run_id": job.run_id, "history": dict(result.history)}
+
+
+def _config_dirs_tag(hydra_cfg) -> Dict[str, str]:
+    """The job's own config folders (`--config-dir`, hydra.searchpath), absolute, so `src.reproduce` finds its
+    options again; none for a job of conf/ alone."""
+    folders = [str(Path(source.path).resolve()) for source in hydra_cfg.runtime.config_sources
+               if source.schema == "file" and Path(source.path).resolve() != CONFIG_DIR.resolve()]
+    return {CONFIG_DIRS_TAG: json.dumps(folders)} if folders else {}
 
 
 def _in_worker_process(hydra_cfg) -> bool:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from src.core import compat
 from src.core.errors import ConfigError
-from src.core.metrics import EPOCH_METRICS
+from src.core.metrics import LEGACY_TASK, data_loss, monitorable
 from src.core.runstates import PRUNED
 
 log = logging.getLogger(__name__)
@@ -99,11 +99,13 @@ class Objective:
     reduce: str
 
     @classmethod
-    def from_config(cls, node: DictConfig) -> "Objective":
-        objective = cls(node.metric, node.direction, node.reduce)
-        if objective.metric not in EPOCH_METRICS:
-            raise ConfigError(f"hydra.sweeper.objective.metric={objective.metric}: not a per-epoch metric; one of "
-                              f"{', '.join(EPOCH_METRICS)}")
+    def from_config(cls, node: DictConfig, task: str = LEGACY_TASK) -> "Objective":
+        """The objective a sweeper's `objective` node names; metric null: the task's validation data loss."""
+        task = getattr(task, "value", task)
+        objective = cls(node.metric or f"val_{data_loss(task)}", node.direction, node.reduce)
+        if objective.metric not in monitorable(task):
+            raise ConfigError(f"hydra.sweeper.objective.metric={objective.metric}: not a per-epoch metric of "
+                              f"task={task}; one of {', '.join(monitorable(task))}")
         if objective.direction not in DIRECTIONS:
             raise ConfigError(f"hydra.sweeper.objective.direction={objective.direction}: minimize or maximize")
         if objective.reduce not in REDUCTIONS:
@@ -121,9 +123,9 @@ class Objective:
         return f"{self.reduce}_{self.metric}"
 
 
-def check_settings(sweeper_cfg: DictConfig) -> "Objective":
+def check_settings(sweeper_cfg: DictConfig, task: str = LEGACY_TASK) -> "Objective":
     """The sweeper's settings that can be wrong, checked before a parent run or a trial exists."""
-    objective = Objective.from_config(sweeper_cfg.objective)
+    objective = Objective.from_config(sweeper_cfg.objective, task)
     if sweeper_cfg.n_trials < 1 or sweeper_cfg.n_jobs < 1:
         raise ConfigError(f"hydra.sweeper.n_trials={sweeper_cfg.n_trials}, hydra.sweeper.n_jobs={sweeper_cfg.n_jobs}: "
                           "both must be at least 1")
@@ -211,14 +213,16 @@ class TrialReporter:
         return tags
 
 
-def trial_reporter(trial_cfg: DictConfig, sweeper_cfg: Optional[DictConfig]) -> Optional[TrialReporter]:
+def trial_reporter(trial_cfg: DictConfig, sweeper_cfg: Optional[DictConfig], task: str = LEGACY_TASK
+                   ) -> Optional[TrialReporter]:
     """The reporter of a job launched as a trial by the optuna sweeper; None for any other job."""
     if trial_cfg.id is None:
         return None
     if sweeper_cfg is None or "objective" not in sweeper_cfg:
         raise ConfigError("trial.id is set by the optuna sweeper only (hydra/sweeper=optuna); leave trial.* null")
     study = open_study(sweeper_cfg, trial_cfg.study, create=False)
-    return TrialReporter(compat.optuna_trial(study, trial_cfg.id), sweeper_cfg.objective.metric)
+    metric = Objective.from_config(sweeper_cfg.objective, task).metric
+    return TrialReporter(compat.optuna_trial(study, trial_cfg.id), metric)
 
 
 

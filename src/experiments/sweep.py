@@ -123,7 +123,7 @@ class _SweepParent:
     def start(cls, config: DictConfig) -> "_SweepParent":
         hydra_cfg = config.hydra  # HydraConfig is not set yet when multirun starts
         if is_search(hydra_cfg):  # a search's own settings are checked before anything is created
-            check_settings(hydra_cfg.sweeper)
+            check_settings(hydra_cfg.sweeper, config.task)
         sweep_dir = Path(hydra_cfg.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         uri = config.mlflow.tracking_uri
@@ -133,7 +133,7 @@ class _SweepParent:
         if run_id is None:
             plan = SweepPlan.of(config, overrides)
             run_id = create_parent_run(uri, exp_id, name=plan.name, overrides=overrides,
-                                       tags={"sweep_dir": str(sweep_dir), NOTE_TAG: plan.note(sweep_dir)})
+                                       tags={"sweep_dir": str(sweep_dir), NOTE_TAG: plan.note(sweep_dir, config.task)})
             log_shared_params(uri, run_id, config, plan.axes)
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": redact(uri)}))
         parent = cls(uri, run_id, sweep_dir, search=is_search(hydra_cfg))

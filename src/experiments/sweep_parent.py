@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.analysis.compare import compare_runs
 from src.core.interrupts import signals_blocked
+from src.core.metrics import LEGACY_TASK, data_loss
 from src.core.redaction import redact
 from src.core.runstates import FAILED, FINISHED, KILLED, PRUNED, RUNNING, SKIPPED
 from src.tracking.liveness import HEARTBEAT_TAG, process_tags
@@ -76,7 +77,11 @@ def find_parent_run_id(sweep_dir: Path, tracking_uri: str, experiment_name: str)
 NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI
 
 
-OBJECTIVE = "val_binary_crossentropy"  # what a sweep's best child is picked by (lower is better)
+
+
+def objective(task: str) -> str:
+    """What a sweep's best child is picked by (lower is better): the task's validation data loss."""
+    return f"val_{data_loss(getattr(task, 'value', task))}"
 
 
 @dataclass
@@ -110,16 +115,17 @@ class SweepPlan:
         name = f"{kind} {jobs}×{model}{epochs} {'×'.join(axes) or 'no axes'}"
         return cls(axes, fixed, jobs, name)
 
-    def note(self, sweep_dir: Path) -> str:
+    def note(self, sweep_dir: Path, task: str) -> str:
         """The parent's description: the command, what is swept, what is fixed, where the comparison lives."""
+        best_by = objective(task)
         swept = "\n".join(f"- `{k}`: {', '.join(v)}" for k, v in self.axes.items())
         return redact(
             f"**{self.name}**: {self.jobs} runs, nested below.\n\n"
             f"Command: `python -m src.train -m {' '.join([*self.fixed, *(f'{k}=' + ','.join(v) for k, v in self.axes.items())])}`\n\n"
             f"Swept:\n{swept}\n\nFixed: {' '.join(f'`{f}`' for f in self.fixed) or 'the defaults'} "
             f"(every other value is a param of this run).\n\n"
-            f"Comparison: the artifacts under `compare/` (the overlay of `{OBJECTIVE}` and `table.txt`), written "
-            f"when the sweep ends; the best child is the metric `best_{OBJECTIVE}` and the tag `best_run_name`. "
+            f"Comparison: the artifacts under `compare/` (the overlay of `{best_by}` and `table.txt`), written "
+            f"when the sweep ends; the best child is the metric `best_{best_by}` and the tag `best_run_name`. "
             f"Again at any time: `python -m src.compare <this run's ID>`.\n\nFolder: `{sweep_dir}`"
         )
 
@@ -149,16 +155,19 @@ def summarize_on_parent(tracking_uri: str, run_id: str, sweep_dir: Path) -> None
     children = mlflow_client.search_runs(
         [mlflow_client.get_run(run_id).info.experiment_id],
         filter_string=f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status = 'FINISHED'")
-    best = None
+    best_by = {objective(child.data.params.get("task", LEGACY_TASK)) for child in children}
+    if len(best_by) != 1:  # no child yet, or children of several tasks: no loss they share to pick the best by
+        return
+    best_by, best = best_by.pop(), None
     for child in children:
-        values = [m.value for m in mlflow_client.get_metric_history(child.info.run_id, OBJECTIVE)]
+        values = [m.value for m in mlflow_client.get_metric_history(child.info.run_id, best_by)]
         if values and (best is None or min(values) < best[0]):
             best = (min(values), child)
     if best is None:
         return
     from mlflow.entities import Metric, RunTag
 
-    mlflow_client.log_batch(run_id, metrics=[Metric(f"best_{OBJECTIVE}", best[0], int(time.time() * 1000), 0)],
+    mlflow_client.log_batch(run_id, metrics=[Metric(f"best_{best_by}", best[0], int(time.time() * 1000), 0)],
                             tags=[RunTag("best_run_id", best[1].info.run_id),
                                   RunTag("best_run_name", best[1].info.run_name)])
     comparison = compare_runs(tracking_uri, [run_id], out=sweep_dir / "compare")  # figures and table, logged on it

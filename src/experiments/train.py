@@ -6,14 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.core import compat
 from src.core.config import run_name, validate
 from src.core.errors import ConfigError
 from src.core.interrupts import raise_if_interrupted, signals_blocked
 from src.core.runstates import FINISHED, SKIPPED
-from src.data.higgs import HiggsSplits, load_higgs
+from src.data.loading import load_data
+from src.data.splits import Splits
 from src.tracking.provenance import config_digest
 from src.tracking.resume import ResumePoint, resume_point
 from src.tracking.run import Run, RunResult
@@ -61,7 +62,7 @@ class Job:
 
     cfg: DictConfig
     name: str
-    splits: HiggsSplits
+    splits: Splits
     chief: bool  # the one process of a multi-worker cluster that writes to the store
     output_dir: Path
     staging: Path  # where checkpoints are written before their upload
@@ -90,7 +91,7 @@ def prepare(cfg: DictConfig, output_dir: Optional[Path]) -> Job:
     validate(cfg)
     cfg = _with_absolute_data_path(cfg)
     chief = runtime.is_chief(cfg)  # a multi-worker cluster trains in every worker; only its chief touches the store
-    splits = load_higgs(cfg.data, progress=not cfg.quiet)
+    splits = load_data(cfg.data, progress=not cfg.quiet)
     if len(splits.x_train) < cfg.train.batch_size:  # data.n_train=-1: known only now
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: larger than the {len(splits.x_train)} training "
                           "rows: an epoch would have no full step")
@@ -122,14 +123,17 @@ def build(job: Job) -> Built:
     compat.import_tensorflow()  # without what Keras imports for features unused here (~0.7 s)
     from src.data.pipeline import make_datasets
     from src.training.models import build_model
+    from src.training.tasks import task_of
 
     cfg = job.cfg
     strategy, devices = runtime.prepare(cfg)
     steps_per_epoch = len(job.splits.x_train) // cfg.train.batch_size
     train_ds, val_ds = make_datasets(job.splits, cfg.train.batch_size, cfg.seed,
                                      start_step=job.first_epoch * steps_per_epoch)
+    task = task_of(cfg.task)
     with strategy.scope():
-        model = build_model(cfg.model, cfg.reg, cfg.data.n_features)
+        model = build_model(cfg.model, cfg.reg, job.splits.x_train.shape[1:],
+                            task.n_outputs(job.splits.y_train, job.splits.y_val))
     return Built(strategy, devices, train_ds, val_ds, model, steps_per_epoch)
 
 
@@ -177,7 +181,7 @@ def fit(job: Job, built: Built, run: Run, on_epoch_end: Sequence) -> EpochMonito
         raise
     except (tf.errors.ResourceExhaustedError, MemoryError):
         raise ConfigError(f"out of memory while training {job.name}: lower train.batch_size={cfg.train.batch_size} "
-                          f"or model.hidden_units={list(cfg.model.hidden_units)}") from None
+                          f"or the model's size (model={cfg.model.name})") from None
     finally:
         with signals_blocked():  # no write of the run's artifacts after it has ended
             checkpointer.close()
@@ -196,7 +200,7 @@ def log_results(job: Job, built: Built, run: Run, monitor: EpochMonitor, on_epoc
         _log_models(job, built, run, monitor)
     from src.analysis import plots  # matplotlib (~0.35 s): imported once the epochs are done, not before the first
 
-    figures = plots.run_figures(run.result.history, job.name)
+    figures = plots.run_figures(run.result.history, job.name, getattr(job.cfg.task, "value", job.cfg.task))
     run.log_figures(figures)
     plots.close(figures)
 
@@ -206,15 +210,18 @@ def _log_models(job: Job, built: Built, run: Run, monitor: EpochMonitor) -> None
     import numpy as np
 
     from src.training.models import scoring_model
+    from src.training.tasks import task_of
 
     example = np.asarray(job.splits.x_val[:5])
     last_epoch = len(run.result.history["loss"]) - 1
+    activation = task_of(job.cfg.task).output_activation  # probabilities, or the raw values of a regression
     with compat.serving_input_check_skipped():  # it reloads each model just saved: ~0.45 s a model
-        run.log_model(scoring_model(built.model), "model", step=last_epoch, example=example,
+        run.log_model(scoring_model(built.model, activation=activation), "model", step=last_epoch, example=example,
                       tags={"weights": "best epoch" if monitor.restore_best else "last epoch"})
         if monitor.best_epoch is not None:
-            run.log_model(scoring_model(built.model, monitor.best_weights), "best_model", step=monitor.best_epoch,
-                          example=example, tags={"best_epoch": str(monitor.best_epoch), "monitor": monitor.metric})
+            run.log_model(scoring_model(built.model, monitor.best_weights, activation=activation), "best_model",
+                          step=monitor.best_epoch, example=example,
+                          tags={"best_epoch": str(monitor.best_epoch), "monitor": monitor.metric})
 
 
 def _monitor_tags(monitor: EpochMonitor, *, epochs_run: int) -> Dict[str, str]:
@@ -230,6 +237,6 @@ def _monitor_tags(monitor: EpochMonitor, *, epochs_run: int) -> Dict[str, str]:
 def _with_absolute_data_path(cfg: DictConfig) -> DictConfig:
     """A copy whose `data.path` is absolute, so the logged config reruns from any directory."""
     cfg = cfg.copy()
-    if cfg.data.path is not None:
+    if OmegaConf.select(cfg, "data.path", default=None) is not None:
         cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
     return cfg

@@ -43,7 +43,7 @@ class OptunaSweeper(Sweeper):
         from src.experiments.sweep_parent import read_parent_run_id
 
         settings, config = self.settings, self.config
-        objective = search.check_settings(settings)
+        objective = search.check_settings(settings, config.task)
         fixed, space = search.search_space(arguments, settings.params, self.hydra_context.config_loader)
         search.silence_optuna()
         study_name = settings.study_name or search.new_study_name()

@@ -6,7 +6,7 @@ from typing import Any, Dict
 from src.core import compat
 from src.core.redaction import redact
 
-SPLITS = (("training", "higgs-train"), ("validation", "higgs-val"))  # (MLflow's dataset context, dataset name)
+SPLITS = (("training", "train"), ("validation", "val"))  # MLflow's dataset context, the dataset name's suffix
 
 
 def split_datasets(splits) -> Dict[str, Any]:
@@ -16,8 +16,9 @@ def split_datasets(splits) -> Dict[str, Any]:
     source = dataset_source(splits.source)
     arrays = {"training": (splits.x_train, splits.y_train), "validation": (splits.x_val, splits.y_val)}
     return {
-        context: mlflow.data.from_numpy(x, targets=y, source=source, name=name, digest=compat.numpy_dataset_digest(x, y))
-        for context, name in SPLITS
+        context: mlflow.data.from_numpy(x, targets=y, source=source, name=f"{splits.name}-{suffix}",
+                                        digest=compat.numpy_dataset_digest(x, y))
+        for context, suffix in SPLITS
         for x, y in [arrays[context]]
     }
 

@@ -1,17 +1,18 @@
 """The config a run logged, rebuilt on today's schema: what reproduce reruns and evaluate reads its data settings from."""
 
+import json
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from src.core.config import compose_config, is_semantic
 from src.core.errors import UserError, first_line
-from src.tracking.store import CONFIG_ARTIFACT, DIGEST_TAG, is_sweep_parent
+from src.tracking.store import CONFIG_ARTIFACT, CONFIG_DIRS_TAG, DIGEST_TAG, is_sweep_parent
 
-GROUPS = ("model", "reg", "loop", "data")  # the config groups whose option a run's config names
+GROUPS = ("model", "reg", "loop", "data", "optimizer")  # the config groups whose option a run's config names
 
 
 class ReproduceError(UserError):
@@ -36,7 +37,7 @@ def logged_config(client, run) -> Tuple[DictConfig, Dict[str, Any], Dict[str, An
         first = first_line(exc)
         raise ReproduceError(f"run {run_id}: its {CONFIG_ARTIFACT} is not valid YAML ({first})") from None
     try:
-        return rebuild_config(logged)
+        return rebuild_config(logged, json.loads(run.data.tags.get(CONFIG_DIRS_TAG, "[]")))
     except (OmegaConfBaseException, ValueError, UserError) as exc:
         first = first_line(exc)
         raise ReproduceError(f"run {run_id}: {CONFIG_ARTIFACT} does not fit this project's config: {first}") from None
@@ -45,8 +46,9 @@ def logged_config(client, run) -> Tuple[DictConfig, Dict[str, Any], Dict[str, An
         raise ReproduceError(f"run {run_id}: its config options do not compose today: {first}") from None
 
 
-def rebuild_config(logged: DictConfig) -> Tuple[DictConfig, Dict[str, Any], Dict[str, Any]]:
-    """Today's config for the logged group options, with every logged value laid over it (type-checked).
+def rebuild_config(logged: DictConfig, config_dirs: Sequence[str] = ()) -> Tuple[DictConfig, Dict[str, Any], Dict[str, Any]]:
+    """Today's config for the logged group options (found in conf/ and in the run's own `config_dirs`: its
+    `--config-dir`), with every logged value laid over it (type-checked).
 
     Returns the config, the keys the run did not log (schema gained since: today's value),
     and the logged keys today's schema lacks (lost since: ignored).
@@ -54,7 +56,7 @@ def rebuild_config(logged: DictConfig) -> Tuple[DictConfig, Dict[str, Any], Dict
     if not isinstance(logged, DictConfig):
         raise ValueError("not a YAML mapping")
     options = [f"{group}={logged[group].name}" for group in GROUPS if OmegaConf.select(logged, f"{group}.name")]
-    cfg = compose_config(options)
+    cfg = compose_config(options, search_path=config_dirs)
     OmegaConf.resolve(cfg)
     logged_leaves, today_leaves = _leaves(OmegaConf.to_container(logged)), _leaves(OmegaConf.to_container(cfg))
     dropped = {key: value for key, value in logged_leaves.items() if key not in today_leaves}

@@ -31,6 +31,7 @@ SWEEP_TAG = "sweep"  # "true" on a sweep's parent run
 SWEEP_OVERRIDES_TAG = "sweep_overrides"
 DIGEST_TAG = "config_digest"
 DATA_DIGEST_TAG = "data_sha256"  # every value of the training and validation rows
+CONFIG_DIRS_TAG = "config_dirs"  # a JSON list of the run's own config folders (--config-dir): where its options are
 CONFIG_ARTIFACT = "config.yaml"
 OVERRIDES_ARTIFACT = "overrides.yaml"
 SWEEP_FILTER = f"tags.{SWEEP_TAG} = 'true'"

@@ -1,4 +1,4 @@
-"""What every loop is given besides its own config node, and the parts both loops build alike: loss, metrics, optimizer."""
+"""What every loop is given besides its own config node: the task, the optimizer, the schedule, who hears each epoch."""
 
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence
@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from src.core.schema import LrSchedule
 from src.training.monitor import EpochMonitor
+from src.training.tasks import Task, task_of
 
 EpochCallback = Callable[[int, Dict[str, float]], Optional[bool]]  # True: stop after this epoch
 
@@ -18,6 +19,8 @@ class LoopSettings:
     """What every loop takes besides its own config node: where it runs, how long, and who hears each epoch."""
 
     strategy: tf.distribute.Strategy
+    task: Task  # the loss and metrics
+    optimizer: Callable[..., keras.optimizers.Optimizer]  # the optimizer option as a partial: given the learning rate
     epochs: int
     steps_per_epoch: int
     learning_rate: float
@@ -38,8 +41,12 @@ class LoopSettings:
         restore: Optional[Callable] = None, monitor: Optional[EpochMonitor] = None,
     ) -> "LoopSettings":
         """The settings a config asks for (`progress` defaults to `not cfg.quiet`, `monitor` to a fresh one)."""
+        from hydra.utils import instantiate
+
         return cls(
             strategy=strategy,
+            task=task_of(cfg.task),
+            optimizer=instantiate(cfg.optimizer),
             epochs=cfg.train.epochs,
             steps_per_epoch=steps_per_epoch,
             learning_rate=cfg.train.learning_rate,
@@ -73,26 +80,13 @@ def steps_per_call(steps_per_epoch: int) -> int:
     return max(d for d in range(1, min(steps_per_epoch, MAX_STEPS_PER_CALL) + 1) if steps_per_epoch % d == 0)
 
 
-def make_loss() -> keras.losses.Loss:
-    """The tutorial's loss on logits."""
-    return keras.losses.BinaryCrossentropy(from_logits=True)
-
-
-def make_metrics() -> list:
-    """Data loss and accuracy on logits, for the train and the validation pass."""
-    return [
-        keras.metrics.BinaryCrossentropy(name="binary_crossentropy", from_logits=True),
-        # The model outputs logits: p = 0.5 is logit 0. Keras's default 0.5 would be p = 0.62.
-        keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0),
-    ]
-
-
 def make_optimizer(settings: LoopSettings) -> keras.optimizers.Optimizer:
-    """Adam, at a constant rate or on the tutorial's InverseTimeDecay schedule (per step, not staircase)."""
+    """The optimizer option's, at a constant rate or on the tutorial's InverseTimeDecay schedule (per step, not
+    staircase)."""
     rate = settings.learning_rate
     if settings.lr_schedule == LrSchedule.inverse_time:
         rate = keras.optimizers.schedules.InverseTimeDecay(
             settings.learning_rate, decay_steps=settings.steps_per_epoch * settings.lr_decay_epochs, decay_rate=1,
             staircase=False,
         )
-    return keras.optimizers.Adam(learning_rate=rate)
+    return settings.optimizer(learning_rate=rate)

@@ -18,12 +18,10 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from src.core.errors import NonFiniteLossError
-from src.core.metrics import EPOCH_METRICS
+from src.core.metrics import epoch_metrics
 from src.training.loop_settings import (
     MAX_STEPS_PER_CALL,
     LoopSettings,
-    make_loss,
-    make_metrics,
     make_optimizer,
     steps_per_call,
 )
@@ -61,18 +59,10 @@ def _finish_epoch(
     metrics["reg_loss"] = regularization_loss(model)
     # the rate after the epoch's last step (a MirroredVariable under a strategy: read as a tensor)
     metrics["learning_rate"] = float(tf.convert_to_tensor(optimizer.learning_rate))
-    epoch_log.info(
-        "epoch %d: loss=%.4f val_loss=%.4f bce=%.4f val_bce=%.4f acc=%.4f val_acc=%.4f (%.2fs)",
-        epoch,
-        metrics["loss"],
-        metrics["val_loss"],
-        metrics["binary_crossentropy"],
-        metrics["val_binary_crossentropy"],
-        metrics["accuracy"],
-        metrics["val_accuracy"],
-        metrics["epoch_seconds"],
-    )
-    logged = {key: metrics[key] for key in EPOCH_METRICS}
+    logged = {key: metrics[key] for key in epoch_metrics(settings.task.name)}
+    shown = " ".join(f"{key}={value:.4f}" for key, value in logged.items()
+                     if key not in ("reg_loss", "learning_rate", "epoch_seconds"))
+    epoch_log.info("epoch %d: %s (%.2fs)", epoch, shown, metrics["epoch_seconds"])
     stop = settings.monitor.update(epoch, logged, model.get_weights)  # first: a checkpoint callback saves it
     for callback in settings.on_epoch_end:
         if callback(epoch, logged) is True:  # a callback may end training after this epoch (a pruned trial)
@@ -116,8 +106,8 @@ def run_fit(
     with settings.strategy.scope():
         model.compile(
             optimizer=make_optimizer(settings),
-            loss=make_loss(),
-            metrics=make_metrics(),
+            loss=settings.task.loss(),
+            metrics=settings.task.metrics(),
             jit_compile=settings.jit_compile,
             # many steps per call into the runtime (a tf.while_loop over the iterator): Keras's per-step Python
             # work and host syncs were a tenth of fit's epoch. Not with several replicas: Keras's multi-step
@@ -155,14 +145,14 @@ def run_tape(
     strategy, include_reg_loss = settings.strategy, cfg.include_reg_loss
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
-        per_example_loss = keras.losses.BinaryCrossentropy(from_logits=True, reduction=None)
+        per_example_loss = settings.task.loss(reduction=None)
         optimizer = make_optimizer(settings)
         # Slots now, as fit does: variables created inside a distributed tf.function fail.
         optimizer.build(model.trainable_variables)
         if settings.restore is not None:
             settings.restore(model, optimizer)
         train_loss, val_loss = keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="val_loss")
-        train_metrics, val_metrics = make_metrics(), make_metrics()
+        train_metrics, val_metrics = settings.task.metrics(), settings.task.metrics()
 
     def objective(y, logits):
         """This replica's share of the loss; the replicas' gradients are summed."""
