@@ -237,3 +237,51 @@ def test_a_users_loader_returning_arrays(task_cfg, tmp_path, monkeypatch):
     assert result.status == "FINISHED" and len(result.history["loss"]) == 2
     with pytest.raises(DataError, match=r"^data=mine: its training features: row 7 holds a NaN or an infinite value"):
         train(task_cfg("data=mine", "data._target_=my_data.load_bad", "model=small", search_path=conf))
+
+
+def _task_history(client, run_id: str, task: str) -> Dict[str, list]:
+    """Every epoch metric of the task, (step, value) by step, system ones left out."""
+    return {key: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+            for key in epoch_metrics(task) if key not in SYSTEM}
+
+
+@pytest.mark.slow
+def test_a_cnn_run_killed_with_sigkill_resumes_bit_identically(tmp_path):
+    from tests.test_resume import _job, _kill_after_epochs, _output
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = ["data=digits", "model=cnn", "reg=l2_dropout", "loop=tape", "train.epochs=8", "train.checkpoint_every=1",
+              "quiet=true", "mlflow.log_models=false", f"mlflow.tracking_uri={uri}",
+              f"mlflow.artifact_location={tmp_path}/art"]
+    whole = _job(tmp_path, "whole", *common, "mlflow.experiment_name=whole")
+    assert whole.wait(600) == 0, _output(tmp_path, "whole")
+    _kill_after_epochs({"cut": _job(tmp_path, "cut", *common, "mlflow.experiment_name=cut")}, tmp_path, {"cut": 3})
+    again = _job(tmp_path, "again", *common, "mlflow.experiment_name=cut", "resume=true")
+    assert again.wait(600) == 0, _output(tmp_path, "again")
+    client = MlflowClient(uri)
+    (cut,) = client.search_runs([client.get_experiment_by_name("cut").experiment_id])
+    (reference,) = client.search_runs([client.get_experiment_by_name("whole").experiment_id])
+    assert cut.info.status == "FINISHED" and cut.data.tags["resumed"] == "1"
+    assert _task_history(client, cut.info.run_id, "multiclass") == _task_history(client, reference.info.run_id,
+                                                                               "multiclass")
+
+
+@pytest.mark.slow
+def test_a_joblib_sweep_of_a_regression_picks_its_best_child_by_the_tasks_loss(tmp_path, tracking_uri):
+    from tests.helpers import split_runs
+
+    proc = run_module("src.train", ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "data=diabetes",
+                                    "model=small", "loop=fit,tape", "reg=l2", "train.epochs=3", "quiet=true",
+                                    f"mlflow.tracking_uri={tracking_uri}",
+                                    f"mlflow.artifact_location={tmp_path}/mlruns/artifacts",
+                                    f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (parent,), children = split_runs(tracking_uri)
+    assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED"] and parent.info.status == "FINISHED"
+    client = MlflowClient(tracking_uri)
+    fit, tape = sorted(children, key=lambda c: c.info.run_name)
+    assert _task_history(client, fit.info.run_id, "regression") == _task_history(client, tape.info.run_id,
+                                                                                  "regression")
+    best = min(m.value for m in client.get_metric_history(fit.info.run_id, "val_mean_squared_error"))
+    assert client.get_run(parent.info.run_id).data.metrics["best_val_mean_squared_error"] == best
+    assert "final val_mse" in proc.stderr and "val_mae" in proc.stderr  # compare's table, by the task
