@@ -29,18 +29,19 @@ def test_seed_groups_show_mean_and_std(make_cfg, tracking_uri, tmp_path, capsys)
     rows = {r["label"]: r for r in json.loads(table_json.read_text())["groups"]}
     assert set(rows) == {"fit-none-tiny", "fit-l2-tiny"}
     group = rows["fit-none-tiny"]
-    assert group["n"] == 2 and group["run_ids"] == runs and group["seeds"] == ["0", "1"]
+    assert group["n_seeds"] == 2 and group["run_ids"] == runs and group["seeds"] == ["0", "1"]
     expected = [expected_stats(client, r) for r in runs]
-    for key, stat in group["stats"].items():
-        values = [e[key] for e in expected]
+    for key in expected[0]:
+        stat, values = group[key], [e[key] for e in expected]
         assert stat["values"] == values
         assert stat["mean"] == pytest.approx(np.mean(values), abs=1e-15)
         assert stat["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-15)
-    assert rows["fit-l2-tiny"]["run_ids"] == [single] and rows["fit-l2-tiny"]["stats"]["best_epoch"]["std"] is None
+        assert stat["ci95"] is None  # two seeds: too few for an interval
+    assert rows["fit-l2-tiny"]["run_ids"] == [single] and rows["fit-l2-tiny"]["best_epoch"]["std"] is None
     line = next(line for line in printed.splitlines() if line.startswith("fit-none-tiny"))
-    mean, std = group["stats"]["final_val_binary_crossentropy"]["mean"], group["stats"]["final_val_binary_crossentropy"]["std"]
+    mean, std = group["final_val_binary_crossentropy"]["mean"], group["final_val_binary_crossentropy"]["std"]
     assert f"{mean:.4f} ± {std:.4f}" in line
-    assert all(p.stat().st_size > 1000 for p in out.rglob("*.png")) and len(list(out.rglob("*.png"))) == 1 + 2 * 2
+    assert all(p.stat().st_size > 1000 for p in out.rglob("*.png")) and len(list(out.rglob("*.png"))) == 1 + 1 + 2 * 2  # overlay, pairs, panels
 
     # A list of runs (no sweep) is compared too, and logged nowhere.
     assert main([runs[0], single, "--tracking-uri", tracking_uri, "--out", str(tmp_path / "list")]) == 0

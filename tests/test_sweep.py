@@ -78,7 +78,8 @@ def test_compare_draws_and_tables_the_latest_sweep_and_logs_it_on_the_parent(swe
     proc = run_module("src.compare", ["--tracking-uri", uri, "--out", str(out), "--json", str(table_json)], cwd=folder)
     assert proc.returncode == 0, proc.stderr
     pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
-    assert "overlay_val_binary_crossentropy.png" in pngs and len(pngs) == 1 + 4 * 2
+    assert "overlay_val_binary_crossentropy.png" in pngs and "pairs_best_val_binary_crossentropy.png" in pngs
+    assert len(pngs) == 2 + 4 * 2  # the overlay, the pairs' forest plot, two panels a run
     assert all((out / p).stat().st_size > 1000 for p in pngs)
     client = MlflowClient(uri)
     [parent], _ = split_runs(uri)
@@ -92,15 +93,15 @@ def test_compare_draws_and_tables_the_latest_sweep_and_logs_it_on_the_parent(swe
     rows = report["groups"]
     assert sorted(r["label"] for r in rows) == ["fit-l2-tiny", "fit-none-tiny", "tape-l2-tiny", "tape-none-tiny"]
     for row in rows:
-        assert row["n"] == 1 and row["epochs"] == [2]
+        assert row["n_seeds"] == 1 and row["epochs"] == [2]
         [run_id] = row["run_ids"]
         for key, value in expected_stats(client, run_id).items():
-            assert row["stats"][key]["mean"] == value and row["stats"][key]["values"] == [value], key
-            assert row["stats"][key]["std"] is None
+            assert row[key]["mean"] == value and row[key]["values"] == [value], key
+            assert row[key]["std"] is None and row[key]["ci95"] is None
         # the printed table shows the same numbers, rounded
         line = next(line for line in proc.stdout.splitlines() if line.startswith(row["label"] + " "))
-        assert f"{row['stats']['final_val_binary_crossentropy']['mean']:.4f}" in line
-        assert f"{row['stats']['final_val_accuracy']['mean']:.4f}" in line
+        assert f"{row['final_val_binary_crossentropy']['mean']:.4f}" in line
+        assert f"{row['final_val_accuracy']['mean']:.4f}" in line
 
     # one sweep in the store: asking for the two latest is a one-line error
     assert main(["--latest", "2", "--tracking-uri", uri]) == 2

@@ -6,115 +6,41 @@ import json
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
-from src.analysis.report import Group, History, RunData, format_table, group_runs, table_rows
+from src.analysis.pairs import format_pairs, headline_lines, pair_rows
+from src.analysis.runs import CompareError, common_task, load_run, select_runs
+from src.analysis.report import Group, format_table, group_runs, table_rows
 from src.core.errors import UserError
-from src.core.metrics import HEADLINE_METRIC, LEGACY_TASK, data_loss
-from src.core.runstates import FINISHED
+from src.core.metrics import LEGACY_TASK, data_loss
 from src.core.schema import PROJECT_ROOT
 from src.tracking import store
-from src.tracking.liveness import dead_reason
 
 
-
-def compared_metrics(task: str) -> Tuple[str, ...]:
-    """The histories the figures and the table need: the losses, the data loss and the headline metric, with their
-    `val_` twins (epoch_seconds and reg_loss are not plotted)."""
-    return ("loss", "val_loss", *(m for metric in (data_loss(task), HEADLINE_METRIC[task]) for m in (metric, f"val_{metric}")))
-
-
-def run_task(run) -> str:
-    """The run's task: its `task` param, or the tutorial's for a run logged before tasks existed."""
-    return run.data.params.get("task", LEGACY_TASK)
 ARTIFACT_DIR = "compare"
 
 
-class CompareError(UserError):
-    """Runs or sweeps that cannot be compared."""
 
-
-# --- which runs ---------------------------------------------------------------
-
-
-def latest_sweeps(client, experiment_name: str, tracking_uri: str, count: int = 1) -> list:
-    """The `count` most recently started runs tagged sweep=true in the experiment, oldest first."""
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        raise CompareError(f"--experiment {experiment_name}: no such experiment in {store.redact(tracking_uri)}")
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=store.SWEEP_FILTER,
-        order_by=["attributes.start_time DESC"],
-        max_results=count,
-    )
-    if not runs:
-        raise CompareError(f"--experiment {experiment_name}: no sweep yet; run one (make sweep) or pass run IDs")
-    if len(runs) < count:
-        raise CompareError(f"--latest {count}: --experiment {experiment_name} has only {len(runs)} sweeps")
-    return runs[::-1]
-
-
-def select_runs(
-    client, tracking_uri: str, run_ids: Sequence[str], experiment_name: str, latest: int = 1
-) -> Tuple[list, list, Optional[object]]:
-    """The runs to compare, the sweeps among them, and the sweep to log on (when it is all that is compared)."""
-    if not run_ids:
-        given = latest_sweeps(client, experiment_name, tracking_uri, latest)
-    else:
-        given = [store.get_run(client, run_id, tracking_uri) for run_id in dict.fromkeys(run_ids)]
-    parents = [r for r in given if store.is_sweep_parent(r)]
-    runs = []
-    for run in given:
-        if not store.is_sweep_parent(run):
-            runs.append(run)
-            continue
-        children = store.sweep_children(client, run)
-        finished = [c for c in children if c.info.status == FINISHED]
-        for child in children:
-            if child.info.status != FINISHED:
-                dead = dead_reason(child)
-                print(f"note: skipped {child.info.run_name} {child.info.run_id} of sweep {run.info.run_id}: "
-                      f"{child.info.status}" + (f", and dead: {dead}" if dead else ""), file=sys.stderr)
-        if not finished:
-            raise CompareError(f"sweep {run.info.run_id}: no FINISHED child runs to compare")
-        runs.extend(finished)
-    runs = list({r.info.run_id: r for r in runs}.values())  # a run named and also in a named sweep
-    return runs, parents, parents[0] if len(given) == 1 and len(parents) == 1 else None
-
-
-def load_run(client, run) -> RunData:
-    """A run's params and per-epoch histories of its task's compared metrics (a step logged twice keeps its last)."""
-    task = run_task(run)
-    by_step = store.metric_histories(client, run, compared_metrics(task))
-    history: History = {key: [steps[s] for s in sorted(steps)] for key, steps in by_step.items()}
-    if not history[f"val_{data_loss(task)}"]:
-        raise CompareError(
-            f"run {run.info.run_id}: no val_{data_loss(task)} history (not a training run of this project?)"
-        )
-    return RunData(run.info.run_id, run.info.run_name or run.info.run_id, dict(run.data.params), history)
-
-
-def common_task(runs: Sequence[RunData]) -> str:
-    """The task every compared run has; CompareError naming them when they differ (their numbers are not alike)."""
-    tasks = {run.params.get("task", LEGACY_TASK) for run in runs}
-    if len(tasks) > 1:
-        named = ", ".join(f"{r.name} ({r.params.get('task', LEGACY_TASK)})" for r in runs)
-        raise CompareError(f"runs of different tasks cannot share one table: {named}")
-    return tasks.pop()
 
 
 # --- figures ------------------------------------------------------------------
 
 
-def write_figures(groups: Sequence[Group], out_dir: Path, title: str, task: str = LEGACY_TASK) -> List[Path]:
-    """The overlay of every group's validation data loss, then each group's loss and headline-metric panels."""
+def write_figures(groups: Sequence[Group], out_dir: Path, title: str, task: str = LEGACY_TASK,
+                  pairs: Sequence[dict] = ()) -> List[Path]:
+    """The overlay of every group's validation data loss (95 % bands over 3 seeds or more), the forest plot of the
+    pairs' differences in their best validation data loss, then each group's loss and headline-metric panels."""
     from src.analysis import plots
 
     overlay = plots.overlay_figure({g.label: g.histories for g in groups}, title, task)
     figures = {f"overlay_val_{data_loss(task)}.png": overlay}
+    best = [p for p in pairs if p["summary"] == f"best_val_{data_loss(task)}"]
+    if best:
+        figures[f"pairs_best_val_{data_loss(task)}.png"] = plots.forest_figure(
+            best, f"paired differences a − b of best val_{data_loss(task)}, {title}")
     written = [Path(p) for p in plots.save(figures, out_dir)]
     for i, group in enumerate(groups, start=1):
         panels = plots.curve_figures(group.histories, group.label, task)
@@ -215,11 +141,16 @@ class Comparison:
     table: str
     out: Path
     logged_on: Optional[str]
+    verdicts: List[str]  # each pair's verdict on its best validation data loss, in one line
+    statistics_seconds: float  # what the intervals and tests cost
+    runs: int
 
     def report_lines(self) -> str:
         """Where the files went, as the command prints it."""
-        where = f"figures and table in {self.out}"
-        return where + (f"\nlogged on sweep parent run {self.logged_on} under {ARTIFACT_DIR}/" if self.logged_on else "")
+        lines = [f"statistics of {self.runs} runs in {self.statistics_seconds:.2f} s", f"figures and table in {self.out}"]
+        if self.logged_on:
+            lines.append(f"logged on sweep parent run {self.logged_on} under {ARTIFACT_DIR}/")
+        return "\n".join(lines)
 
 
 def compare_runs(
@@ -233,8 +164,10 @@ def compare_runs(
     selected, parents, parent = select_runs(client, tracking_uri, run_ids, experiment, latest)
     runs = [load_run(client, run) for run in selected]
     task = common_task(runs)
+    started = time.perf_counter()
     groups = group_runs(runs)
-    rows = table_rows(groups, task)
+    rows, pairs = table_rows(groups, task), pair_rows(groups, task)
+    seconds = time.perf_counter() - started
     log_on = parent.info.run_id if parent else None
     loose = len(selected) - sum(1 for r in selected if r.data.tags.get(store.PARENT_TAG) in {p.info.run_id for p in parents})
     title = " + ".join([_sweep_title(p) for p in parents] + ([f"{loose} runs"] if loose else []))
@@ -243,8 +176,9 @@ def compare_runs(
     elif out is None:
         digest = hashlib.sha256(" ".join(r.run_id for r in runs).encode()).hexdigest()[:12]
         out = PROJECT_ROOT / "reports" / f"runs-{digest}"
-    table = format_table(rows, task)
-    report = json.dumps({"tracking_uri": store.redact(tracking_uri), "sweep_run_id": log_on, "groups": rows}, indent=2)
+    table = format_table(rows, task) + ("\n" + format_pairs(pairs, task) if pairs else "")
+    report = json.dumps({"tracking_uri": store.redact(tracking_uri), "sweep_run_id": log_on, "task": task,
+                         "groups": rows, "pairs": pairs, "statistics_seconds": seconds}, indent=2)
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "table.txt").write_text(table)
@@ -252,15 +186,15 @@ def compare_runs(
         if json_path:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(report)
-        written = write_figures(groups, out, f"val_{data_loss(task)}, {title}", task)
+        written = write_figures(groups, out, f"val_{data_loss(task)}, {title}", task, pairs)
     except OSError as exc:
         raise CompareError(f"--out/--json: cannot write {exc.filename}: {exc.strerror}") from None
     if not (log_on and log):
-        return Comparison(table, out, None)
+        return Comparison(table, out, None, headline_lines(pairs, task), seconds, len(runs))
     for path in [out / "table.txt", out / "table.json", *written]:
         rel = path.relative_to(out).parent.as_posix()
         client.log_artifact(log_on, str(path), ARTIFACT_DIR if rel == "." else f"{ARTIFACT_DIR}/{rel}")
-    return Comparison(table, out, log_on)
+    return Comparison(table, out, log_on, headline_lines(pairs, task), seconds, len(runs))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

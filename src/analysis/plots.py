@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from src.analysis.statistics import MIN_SEEDS, curve_band  # noqa: E402
 from src.core.metrics import HEADLINE_METRIC, LEGACY_TASK, data_loss  # noqa: E402
 
 History = Mapping[str, Sequence[float]]
@@ -121,18 +122,22 @@ def _series(histories: Sequence[History], key: str) -> Optional[np.ndarray]:
 
 
 def _draw(ax, series: np.ndarray, *, label, color, linestyle, alpha: float = 1.0, linewidth: float = 1.5) -> np.ndarray:
-    """A plain line for one run, a mean line with a ± std band for several; returns the drawn (rows, epochs)."""
+    """A plain line for one run; for several, a mean line with its 95 % bootstrap band (± std for two seeds);
+    returns the drawn (rows, epochs)."""
     epochs = np.arange(series.shape[1])
     marker = "o" if series.shape[1] == 1 else None  # a one-epoch line is otherwise invisible
     if series.shape[0] == 1:
         ax.plot(epochs, series[0], label=label, color=color, ls=linestyle, alpha=alpha, marker=marker, lw=linewidth)
         return series
-    mean, std = series.mean(axis=0), series.std(axis=0, ddof=1)
+    mean, band = series.mean(axis=0), curve_band(series)  # 3 seeds or more: the mean's 95 % bootstrap interval
+    if band is None:
+        std = series.std(axis=0, ddof=1)
+        band = (mean - std, mean + std)
     if label is not None:
-        label = f"{label} (mean ± std, n={series.shape[0]})"
+        label = f"{label} (mean, {'95 % CI' if series.shape[0] >= MIN_SEEDS else '± std'}, n={series.shape[0]})"
     ax.plot(epochs, mean, label=label, color=color, linestyle=linestyle, alpha=alpha, marker=marker, lw=linewidth)
-    ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2 * alpha, linewidth=0)
-    return np.stack([mean - std, mean + std])
+    ax.fill_between(epochs, band[0], band[1], color=color, alpha=0.2 * alpha, linewidth=0)
+    return np.stack(band)
 
 
 def _axes(title: str, ylabel: str) -> Tuple[Figure, "plt.Axes"]:
@@ -220,4 +225,26 @@ def residuals_figure(target: np.ndarray, residuals: np.ndarray, title: str) -> F
     histogram.set_xlabel("prediction - target")
     histogram.set_ylabel("rows")
     histogram.grid(True, alpha=0.4)
+    return fig
+
+
+def forest_figure(rows: Sequence[Mapping], title: str) -> Figure:
+    """The paired differences a − b of one summary with their 95 % intervals, one line per pair of groups; the
+    dashed line is no difference. Identical twins sit on it as a diamond; pairs without enough seeds are named."""
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * max(1, len(rows))))
+    ax.set_title("\n".join(textwrap.wrap(title, 80)) or title)
+    for y, row in enumerate(rows):
+        if row["ci95"] is not None and row["verdict"] != "identical":
+            low, high = row["ci95"]
+            ax.errorbar(row["mean_diff"], y, xerr=[[row["mean_diff"] - low], [high - row["mean_diff"]]], fmt="o",
+                        color="C0", capsize=3)
+        elif row["verdict"] == "identical":
+            ax.plot(0.0, y, marker="D", color="C2")
+    ax.axvline(0.0, color="grey", linestyle="--")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{r['label']} ({r['verdict']}, {r['n_seeds']} seeds)" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("a − b (95 % bootstrap interval over matching seeds)")
+    ax.grid(True, axis="x", alpha=0.4)
+    fig.tight_layout()
     return fig

@@ -4,12 +4,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from src.analysis.statistics import mean_interval
 from src.core.config import is_semantic
 from src.core.metrics import HEADLINE_METRIC, LEGACY_TASK, data_loss
 
 
 # Params that do not make runs different experiments: runs differing only in these form one group.
-def _ignored_in_groups(key: str) -> bool:
+def ignored_in_groups(key: str) -> bool:
     return key == "seed" or not is_semantic(key)
 
 # Params already spelled out by a run's name (e.g. `tape-l2-large-no_reg_loss`), left out of labels.
@@ -63,7 +64,7 @@ def group_runs(runs: Sequence[RunData]) -> List[Group]:
     """Runs whose params are equal except for the seed, in order of first appearance, with readable labels."""
     groups: Dict[Tuple, Group] = {}
     for run in runs:
-        key = tuple(sorted((k, v) for k, v in run.params.items() if not _ignored_in_groups(k)))
+        key = tuple(sorted((k, v) for k, v in run.params.items() if not ignored_in_groups(k)))
         groups.setdefault(key, Group(run.name)).runs.append(run)
     result = list(groups.values())
     # Groups whose run names collide (e.g. two learning rates) are told apart by the params that differ.
@@ -76,7 +77,7 @@ def group_runs(runs: Sequence[RunData]) -> List[Group]:
         params = [g.runs[0].params for g in same]
         keys = sorted({k for p in params for k in p} - set(NAMED_PARAMS))
         differing = [
-            k for k in keys if not _ignored_in_groups(k) and len({p.get(k) for p in params}) > 1
+            k for k in keys if not ignored_in_groups(k) and len({p.get(k) for p in params}) > 1
         ]
         for group, p in zip(same, params):
             group.label += " " + " ".join(f"{k}={p.get(k)}" for k in differing)
@@ -111,46 +112,50 @@ def _mean_abs_step(values: Sequence[float]) -> float:
 
 
 def group_stats(group: Group, task: str = LEGACY_TASK) -> Dict[str, Dict[str, Optional[float]]]:
-    """Each statistic's per-run values, mean and sample std (None for a single run)."""
+    """Each statistic's per-run values, mean, sample std (None for a single run) and the mean's 95 % bootstrap
+    interval over seeds (None below 3 seeds)."""
     per_run = [run_stats(h, task) for h in group.histories]
     out = {}
     for key in per_run[0]:
         values = [s[key] for s in per_run]
         mean = sum(values) / len(values)
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
-        out[key] = {"mean": mean, "std": std, "values": values}
+        out[key] = {"mean": mean, "std": std, "ci95": mean_interval(values), "values": values}
     return out
 
 
 def table_rows(groups: Sequence[Group], task: str = LEGACY_TASK) -> List[Dict]:
-    """One JSON-ready row per group: label, runs, seeds and statistics."""
+    """One JSON-ready row per group: label, runs, seeds and each summary's statistics."""
     loss = data_loss(task)
     return [
         {
             "label": g.label,
-            "n": len(g.runs),
+            "n_seeds": len(g.runs),
             "run_ids": [r.run_id for r in g.runs],
             "seeds": [r.params.get("seed") for r in g.runs],
             "epochs": [len(r.history[f"val_{loss}"]) for r in g.runs],
-            "stats": group_stats(g, task),
+            **group_stats(g, task),
         }
         for g in groups
     ]
 
 
 def format_table(rows: Sequence[Dict], task: str = LEGACY_TASK) -> str:
-    """The table as aligned text; groups of several seeds show mean ± std."""
+    """The table as aligned text; groups of 3 seeds or more show the mean [95 % CI], of two mean ± std."""
 
     def cell(stat: Dict, decimals: int) -> str:
         if stat["std"] is None:
             return f"{stat['mean']:.{decimals if decimals > 1 else 0}f}"
+        if stat["ci95"] is not None:  # 3 seeds or more: the mean and its 95 % bootstrap interval
+            low, high = stat["ci95"]
+            return f"{stat['mean']:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
         return f"{stat['mean']:.{decimals}f} ± {stat['std']:.{decimals}f}"
 
     columns = stats_columns(task)
-    header = ["run", "n", *columns]
+    header = ["run", "seeds", *columns]
     mixed = [len(set(row["epochs"])) > 1 for row in rows]  # a group whose runs ran different numbers of epochs
     body = [
-        [row["label"] + ("*" if odd else ""), str(row["n"]), *(cell(row["stats"][key], d) for key, d in columns.values())]
+        [row["label"] + ("*" if odd else ""), str(row["n_seeds"]), *(cell(row[key], d) for key, d in columns.values())]
         for row, odd in zip(rows, mixed)
     ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]

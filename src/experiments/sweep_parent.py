@@ -171,6 +171,12 @@ def summarize_on_parent(tracking_uri: str, run_id: str, sweep_dir: Path) -> None
                             tags=[RunTag("best_run_id", best[1].info.run_id),
                                   RunTag("best_run_name", best[1].info.run_name)])
     comparison = compare_runs(tracking_uri, [run_id], out=sweep_dir / "compare")  # figures and table, logged on it
+    if comparison.verdicts:  # the description states each pair's verdict in one line
+        note = mlflow_client.get_run(run_id).data.tags.get(NOTE_TAG, "")
+        verdicts = "\n".join(f"- {line}" for line in comparison.verdicts)
+        mlflow_client.set_tag(run_id, NOTE_TAG, redact(
+            f"{note}\n\n**Is the difference real?** Paired over matching seeds, 95 % bootstrap intervals "
+            f"(every summary: `compare/table.txt`):\n{verdicts}")[:5000])
     print(comparison.table, end="", file=sys.stderr)
     print(comparison.report_lines(), file=sys.stderr)
 
