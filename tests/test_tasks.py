@@ -117,6 +117,7 @@ def test_dropout_on_a_model_without_a_dropout_argument_is_one_line_before_any_ru
     assert all_runs(tracking_uri) == []
 
 
+@pytest.mark.slow  # two processes (~17 s): the in-process tests above keep the user model in the default suite
 def test_a_users_model_from_the_command_line_with_config_dir(user_model, tmp_path, tracking_uri):
     """The README's command: `python -m src.train --config-dir my_conf model=my_net`, from the user's folder."""
     proc = run_module("src.train", ["--config-dir", "my_conf", "model=my_net", "data=breast_cancer", "reg=l2",
@@ -205,7 +206,7 @@ def test_the_task_picks_the_loss_and_is_defaulted_by_the_data(task_cfg):
         task_cfg("task=ranking")
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("optimizer", ["sgd", pytest.param("adamw", marks=pytest.mark.slow)])
 def test_the_optimizer_is_a_plug_in_and_keeps_the_twins(task_cfg, optimizer):
     fit = train(task_cfg("data=breast_cancer", "model=small", f"optimizer={optimizer}", "loop=fit"))
     tape = train(task_cfg("data=breast_cancer", "model=small", f"optimizer={optimizer}", "loop=tape"))
