@@ -239,3 +239,15 @@ def test_the_command_line_prints_that_one_line_and_exits_non_zero(tmp_path, bad_
     assert len(lines) == 1, f"{case_id}: expected one error line, got:\n" + "\n".join(lines)
     assert re.search(_fill(expected, places, re.escape), lines[0]), lines[0]
     _no_run_left_running(tmp_path / "mlruns" / "mlflow.db")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_a_source_that_is_not_a_file_is_refused_before_any_read(tmp_path, kind):
+    """A FIFO would block for ever, /dev/zero grow without end: both are refused by their stat, in one line."""
+    path = {"fifo": tmp_path / "pipe", "device": Path("/dev/zero"), "directory": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    proc = run_module("src.data", [str(path), "--cache-dir", str(tmp_path / "cache"), "--quiet"], cwd=tmp_path,
+                      timeout=60)
+    what = {"fifo": "is a FIFO (named pipe)", "device": "is a character device", "directory": "is a directory"}[kind]
+    assert proc.returncode == 2 and error_lines(proc.stderr) == [f"error: data.path: {path}: {what}, not a file"]

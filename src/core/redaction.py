@@ -10,10 +10,15 @@ from typing import TextIO
 SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "DATABRICKS_TOKEN", "AWS_SECRET_ACCESS_KEY")
 
 
+# A URL's user-info runs to the LAST `@` of its authority (which ends at the first /, ?, # or space), so a password
+# holding `@` or `:` (`http://alice:p@ss:w0rd@host`, which servers accept) is masked whole; an empty user too.
+_USERINFO_PASSWORD = re.compile(r"(//[^/?#\s:@]*):[^/?#\s]*@")
+
+
 def redact(text: str) -> str:
     """`text` with the password of every `scheme://user:password@host` and the value of every secret
     environment variable (SECRET_ENV) masked: nothing the project writes or prints may hold one."""
-    text = re.sub(r"(//[^/:@\s]+):[^/@\s]*@", r"\1:***@", text)
+    text = _USERINFO_PASSWORD.sub(r"\1:***@", text)
     for name in SECRET_ENV:
         value = os.environ.get(name)
         if value and len(value) >= 4:

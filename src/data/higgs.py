@@ -3,6 +3,7 @@
 import http.client
 import logging
 import os
+import stat as stat_module
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -63,11 +64,24 @@ def source_rows(data: DictConfig, n_rows: Optional[int], *, progress: bool) -> "
     return cached_rows(source, n_rows, data.n_features, cache_dir, progress=progress)
 
 
+def _not_a_file(mode: int) -> Optional[str]:
+    """What a path is when it is not a regular file: a FIFO, a device or a socket never ends (or never starts)."""
+    for test, kind in ((stat_module.S_ISDIR, "is a directory"), (stat_module.S_ISFIFO, "is a FIFO (named pipe)"),
+                       (stat_module.S_ISCHR, "is a character device"), (stat_module.S_ISBLK, "is a block device"),
+                       (stat_module.S_ISSOCK, "is a socket")):
+        if test(mode):
+            return kind
+    return None
+
+
 def local_source(path: Path) -> "Source":
     """A local file as a cache source; one-line errors naming data.path when it cannot be read."""
     from src.data.cache import Source
 
     try:
+        kind = _not_a_file(os.stat(path).st_mode)  # before any open: opening a FIFO blocks until a writer comes
+        if kind:
+            raise DataError(f"data.path: {path}: {kind}, not a file")
         with open(path, "rb") as f:
             stat = os.fstat(f.fileno())
     except FileNotFoundError:
