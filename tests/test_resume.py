@@ -16,13 +16,13 @@ from urllib.parse import urlparse
 import pytest
 from mlflow import MlflowClient
 
-from src.core.errors import RunInterrupted, TrackingError
+from src.core.errors import DataError, RunInterrupted, TrackingError
 from src.core.metrics import is_system_metric
 from src.core.schema import PROJECT_ROOT
 from src.experiments.train import train
 from src.tracking.claims import claim_run
 from src.tracking.store import client as store_client
-from tests.helpers import error_lines
+from tests.helpers import all_runs, error_lines
 
 # What a job's stderr carries besides its error: MLflow's download bars, TensorFlow's C++ log (its clock as absl
 # prints it before initialising, which the helpers' pattern does not take)
@@ -296,3 +296,26 @@ def test_a_run_killed_with_sigkill_at_a_random_epoch_resumes_bit_identically(tmp
     (reference,) = client.search_runs([client.get_experiment_by_name("whole").experiment_id])
     assert cut.info.status == "FINISHED" and cut.data.tags["resumed"] == "1"
     assert _history(client, cut.info.run_id) == _history(client, reference.info.run_id)
+
+
+def test_resume_after_the_data_changed_is_refused_instead_of_splicing(make_cfg, tmp_path, tracking_uri):
+    """A run continued on other rows would hold a history spliced from two data sets under the first one's digest."""
+    from tests.conftest import write_uci_file
+
+    data = write_uci_file(tmp_path / "rows.csv.gz", 3000, seed=1)
+    tiny = ["model=tiny", f"data.path={data}", "train.epochs=4", "train.checkpoint_every=1"]
+
+    def interrupt(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt("test")
+
+    with pytest.raises(RunInterrupted) as stopped:
+        train(make_cfg(*tiny), on_epoch_end=[interrupt])
+    write_uci_file(data, 3000, seed=2)  # the same file name, other rows
+    with pytest.raises(DataError, match=rf"^resume: the data changed since run {stopped.value.run_id} trained on it "
+                                        r"\(data_sha256 \w{12}\.\.\. then, \w{12}\.\.\. now\); restore the data"):
+        train(make_cfg(*tiny, "resume=true"))
+    client = MlflowClient(tracking_uri)
+    assert client.get_run(stopped.value.run_id).info.status == "KILLED" and len(all_runs(tracking_uri)) == 1
+    write_uci_file(data, 3000, seed=1)  # restored: the same rows, so the run goes on
+    assert train(make_cfg(*tiny, "resume=true")).run_id == stopped.value.run_id

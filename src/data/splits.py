@@ -24,13 +24,16 @@ class Splits:
     name: str  # the data option's name: MLflow's datasets are `<name>-train` and `<name>-val`
 
     def digest(self) -> str:
-        """sha256 over every value of both splits (MLflow's dataset digest samples only the first 10,000)."""
+        """sha256 over every value of both splits (MLflow's dataset digest samples only the first 10,000); once."""
+        if "_digest" in self.__dict__:
+            return self.__dict__["_digest"]
         sha = hashlib.sha256()
         for array in (self.x_val, self.y_val, self.x_train, self.y_train):
             # chunks of whole rows hash the same bytes as the whole C-ordered array would
             for start in range(0, len(array), DIGEST_CHUNK_ROWS):
                 sha.update(np.ascontiguousarray(array[start : start + DIGEST_CHUNK_ROWS]).data)
-        return sha.hexdigest()
+        self.__dict__["_digest"] = sha.hexdigest()  # frozen: the attribute is set behind the dataclass's back
+        return self.__dict__["_digest"]
 
     @classmethod
     def of(cls, train, validation, *, source: str, name: str) -> "Splits":

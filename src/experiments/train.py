@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.core import compat
 from src.core.config import run_name, validate
-from src.core.errors import ConfigError
+from src.core.errors import ConfigError, DataError
 from src.core.interrupts import raise_if_interrupted, signals_blocked
 from src.core.runstates import FINISHED, SKIPPED
 from src.data.loading import load_data
@@ -18,7 +18,7 @@ from src.data.splits import Splits
 from src.tracking.provenance import config_digest
 from src.tracking.resume import ResumePoint, resume_point
 from src.tracking.run import Run, RunResult
-from src.tracking.store import DATA_DIGEST_TAG, ensure_store, finished_run_with_digest
+from src.tracking.store import DATA_DIGEST_TAG, client, ensure_store, finished_run_with_digest
 from src.training import checkpoints, runtime
 from src.training.monitor import EpochMonitor
 
@@ -110,12 +110,24 @@ def _find_resume(job: Job) -> None:
     cfg, digest = job.cfg, config_digest(job.cfg)
     job.finished_run_id = finished_run_with_digest(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, digest)
     if job.finished_run_id:
+        _check_same_data(job, client(cfg.mlflow.tracking_uri).get_run(job.finished_run_id))
         return
     job.resume = resume_point(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name, digest, cfg.train.epochs,
                               job.staging)
     if job.resume is not None:
+        _check_same_data(job, job.resume.run)
         log.info("resume: %s continues run %s from its checkpoint after epoch %d", job.name,
                  job.resume.run.info.run_id, job.resume.snapshot.epoch)
+
+
+def _check_same_data(job: Job, run) -> None:
+    """A run is continued (or counted done) only on the rows it trained on: a history spliced from two data sets,
+    under the first one's digest, would be a lie. DataError naming the run otherwise."""
+    logged = run.data.tags.get(DATA_DIGEST_TAG)
+    if logged is not None and logged != job.splits.digest():
+        raise DataError(f"resume: the data changed since run {run.info.run_id} trained on it ({DATA_DIGEST_TAG} "
+                        f"{logged[:12]}... then, {job.splits.digest()[:12]}... now); restore the data, or start a new "
+                        "run with resume=false")
 
 
 def build(job: Job) -> Built:
