@@ -2,6 +2,8 @@
 with it, load as `runs:/<copy>/model` and score as the originals; no half copy is ever left; nothing is copied twice.
 (The same through a server on PostgreSQL, for a sweep: tests/test_server.py, slow.)"""
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -107,3 +109,19 @@ def test_a_runs_logged_models_move_with_it_and_score_as_before(make_cfg, trackin
     assert sorted(m.name for m in _models(destination, target_id)) == ["best_model", "model"]
     assert np.array_equal(_predict(destination_uri, f"runs:/{copy}/model", rows),
                           _predict(tracking_uri, f"runs:/{run_id}/model", rows))
+
+
+def test_migration_is_idempotent_in_every_direction_and_never_into_its_own_store(make_cfg, tracking_uri, tmp_path):
+    train(make_cfg("mlflow.log_models=false", "train.epochs=1"))
+    other = f"sqlite:///{tmp_path}/other/mlflow.db"
+    (tmp_path / "other").mkdir()
+    assert len(migrate(tracking_uri, other)) == 1
+    assert migrate(tracking_uri, other) == {}  # copied before: nothing again
+    assert migrate(other, tracking_uri) == {}  # the copy goes home, where its original is: nothing is doubled
+    assert len(MlflowClient(tracking_uri).search_runs(["1"])) == 1
+    db = tracking_uri[len("sqlite:///"):]
+    same = f"sqlite:///{Path(db).parent}/../{Path(db).parent.name}/{Path(db).name}"  # another spelling of it
+    with pytest.raises(MigrationError, match=r"the same store as --from; a store is never its own destination"):
+        migrate(tracking_uri, same)
+    with pytest.raises(MigrationError, match=r"^--experiment nope: no such experiment in sqlite:///\S+ \(it has: "):
+        migrate(tracking_uri, other, ["nope"])

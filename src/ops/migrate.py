@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from src.core.errors import UserError, first_line
+from src.core.interrupts import handle_interrupts, signals_blocked
 from src.core.redaction import redact
-from src.tracking.store import PARENT_TAG, default_tracking_uri, ensure_store, open_store
+from src.tracking.store import PARENT_TAG, default_tracking_uri, ensure_store, open_store, store_identity
 
 MIGRATED_FROM_TAG = "migrated_from"  # the original run's (or logged model's) ID, on its finished copy
 MIGRATING_FROM_TAG = "migrating_from"  # the same on a copy being made: one without the other is a leftover
@@ -180,9 +181,11 @@ def copy_run(source, destination, run, experiment_id: str, parent_id: Optional[s
         destination.log_batch(new_id, tags=[RunTag(k, v) for k, v in tags.items()])
         destination.set_terminated(new_id, status=run.info.status, end_time=run.info.end_time)
     except BaseException as exc:
-        for model_id in model_copies:  # finished, but on a run copy that is not
-            _discard_model(destination, model_id)
-        destination.delete_run(new_id)
+        with signals_blocked():  # a second Ctrl-C must not leave the half-made copy RUNNING
+            for model_id in model_copies:  # finished, but on a run copy that is not
+                _discard_model(destination, model_id)
+            destination.set_terminated(new_id, status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            destination.delete_run(new_id)
         if isinstance(exc, Exception):
             raise _failure(run, exc) from None
         raise
@@ -194,7 +197,15 @@ def migrate(source_uri: str, destination_uri: str, experiments: Sequence[str] = 
     models (and the models of runs copied before that lack them); {old run ID: new run ID} of the runs copied."""
     from mlflow.entities import RunStatus
 
+    if store_identity(source_uri) == store_identity(destination_uri):
+        raise MigrationError(f"--to {redact(destination_uri)}: the same store as --from; a store is never its own "
+                             "destination")
     source = open_store(source_uri)
+    names = {e.name for e in source.search_experiments()}
+    unknown = [name for name in experiments if name not in names]
+    if unknown:
+        raise MigrationError(f"--experiment {', '.join(unknown)}: no such experiment in {redact(source_uri)} "
+                             f"(it has: {', '.join(sorted(names))})")
     ensure_store(destination_uri)
     destination = open_store(destination_uri)
     origin = redact(source_uri)
@@ -205,7 +216,9 @@ def migrate(source_uri: str, destination_uri: str, experiments: Sequence[str] = 
         target = destination.get_experiment_by_name(experiment.name)
         target_id = target.experiment_id if target else destination.create_experiment(experiment.name)
         done = {}
+        present = set()  # the destination's runs: a source run copied from one of them is going home, not copied
         for copy in _all_runs(destination, target_id):
+            present.add(copy.info.run_id)
             if MIGRATED_FROM_TAG in copy.data.tags:
                 done[copy.data.tags[MIGRATED_FROM_TAG]] = copy.info.run_id
             elif MIGRATING_FROM_TAG in copy.data.tags:  # a copy a killed migration left half-made
@@ -234,6 +247,9 @@ def migrate(source_uri: str, destination_uri: str, experiments: Sequence[str] = 
                     _backfill_models(source_uri, destination, run, models, target_id, done[run.info.run_id], origin)
                     print(f"{experiment.name}: {run.info.run_id} -> {done[run.info.run_id]}  {run.info.run_name}"
                           f"{names}", file=sys.stderr)
+                continue
+            if run.data.tags.get(MIGRATED_FROM_TAG) in present:  # a copy of a run the destination holds itself
+                done[run.info.run_id] = run.data.tags[MIGRATED_FROM_TAG]
                 continue
             parent = run.data.tags.get(PARENT_TAG)
             new_id = copy_run(source, destination, run, target_id, done.get(parent, parent), origin, source_uri,
@@ -264,11 +280,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per run and model otherwise
     source = args.source or default_tracking_uri()
+    handle_interrupts()  # SIGTERM and SIGHUP as Ctrl-C: the run being copied is removed, never left RUNNING
     try:
         copied = migrate(source, args.to, args.experiment)
     except UserError as exc:
         print(exc, file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: the run being copied was removed; the runs copied before it stay (run again to go on)",
+              file=sys.stderr)
+        return 130
     print(f"{len(copied)} runs copied from {redact(source)} to {redact(args.to)}", file=sys.stderr)
     return 0
 

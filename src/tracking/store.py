@@ -266,3 +266,14 @@ def resumable_run(tracking_uri: str, experiment_name: str, digest: str, checkpoi
         if mlflow_client.list_artifacts(run.info.run_id, checkpoint_dir):
             return run
     return None
+
+
+def store_identity(uri: str) -> str:
+    """What names a store whatever its spelling: a database file's resolved path, else the URL without credentials."""
+    from urllib.parse import urlsplit
+
+    if uri.startswith("sqlite:///"):
+        return "sqlite:" + str(Path(uri[len("sqlite:///"):]).expanduser().resolve())
+    parts = urlsplit(uri)
+    host = (parts.hostname or "").lower() + (f":{parts.port}" if parts.port else "")
+    return f"{parts.scheme.lower()}://{host}{parts.path.rstrip('/')}"
