@@ -286,3 +286,30 @@ def test_a_joblib_sweep_of_a_regression_picks_its_best_child_by_the_tasks_loss(t
     best = min(m.value for m in client.get_metric_history(fit.info.run_id, "val_mean_squared_error"))
     assert client.get_run(parent.info.run_id).data.metrics["best_val_mean_squared_error"] == best
     assert "final val_mse" in proc.stderr and "val_mae" in proc.stderr  # compare's table, by the task
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model._target_=nope_mod.build"], r"^model._target_=nope_mod.build: cannot be imported \(No module named "
+                                        r"'nope_mod'\); put its module on PYTHONPATH"),
+    (["data._target_=nope_mod.load"], r"^data._target_=nope_mod.load: cannot be imported \(No module named "),
+    (["model=cnn"], r"^model=cnn: needs images \(height, width, channels\), got input shape \(30,\)"),
+    (["data=diabetes", "task=binary"], r"^task=binary: the training labels must be 0 or 1"),
+    (["optimizer._partial_=false"], r"^optimizer._partial_=False: must be true"),
+    (["+model.depth=3"], r"^model=small: src.training.models.dense cannot be called with .*depth"),
+])
+def test_a_plug_in_that_cannot_work_is_one_line_before_any_run(task_cfg, tracking_uri, overrides, message):
+    with pytest.raises((ConfigError, DataError), match=message):
+        train(task_cfg("data=breast_cancer", "model=small", *overrides))
+    assert all_runs(tracking_uri) == []
+
+
+def test_compare_refuses_runs_of_different_tasks_by_name(task_cfg, tracking_uri, capsys):
+    from src.analysis.compare import main
+
+    a = train(task_cfg("data=breast_cancer", "model=small", "train.epochs=1")).run_id
+    b = train(task_cfg("data=diabetes", "model=small", "train.epochs=1")).run_id
+    capsys.readouterr()
+    assert main([a, b, "--tracking-uri", tracking_uri, "--no-log"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: runs of different tasks cannot share one table: "
+                                              "fit-none-small-breast_cancer (binary), fit-none-small-diabetes "
+                                              "(regression)")

@@ -177,3 +177,8 @@ def serving_input_check_skipped() -> Iterator[None]:
         yield
     finally:
         model_utils._validate_serving_input = check
+
+
+def sublayers(model) -> list:
+    """Every layer inside a Keras model, nested ones too (Keras 3 has no public walk of them)."""
+    return list(model._flatten_layers(include_self=False))

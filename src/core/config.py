@@ -85,6 +85,8 @@ def validate(cfg: DictConfig) -> None:
              f"required: the callable that makes the {section} (see conf/{section}/)")
         need(bool(OmegaConf.select(cfg, f"{section}.name", default=None)), f"{section}.name",
              f"required: the {section} option's name (it names the runs)")
+    need(OmegaConf.select(cfg, "optimizer._partial_", default=False) is True, "optimizer._partial_",
+         "must be true: the loop makes the optimizer, with the learning rate and its schedule")
     _validate_data(cfg, need)
     if "hidden_units" in cfg.model:
         need(len(cfg.model.hidden_units) >= 1, "model.hidden_units", "needs at least one layer")

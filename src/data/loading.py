@@ -1,5 +1,6 @@
 """A data option's rows: its `_target_` loader called with the option's own keys, its result checked."""
 
+import dataclasses
 import inspect
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,7 +21,8 @@ def load_data(data: DictConfig, *, progress: bool = False) -> Splits:
     try:
         loader = get_method(data._target_)
     except Exception as exc:  # Hydra's ImportError wrapper: the module or the name is missing
-        raise ConfigError(f"data._target_={data._target_}: cannot be imported ({first_line(exc)}); put its module "
+        raise ConfigError(f"data._target_={data._target_}: cannot be imported ({first_line(exc.__cause__ or exc)}); "
+                          "put its module "
                           "on PYTHONPATH or in the working directory") from None
     kwargs = {k: v for k, v in OmegaConf.to_container(data, resolve=True).items() if k not in FRAMEWORK_KEYS}
     parameters = inspect.signature(loader).parameters
@@ -32,8 +34,8 @@ def load_data(data: DictConfig, *, progress: bool = False) -> Splits:
         raise ConfigError(f"data={data.name}: {data._target_} cannot be called with {', '.join(kwargs) or 'no argument'}"
                           f" ({first_line(exc)})") from None
     got = loader(**kwargs)
-    if isinstance(got, Splits):
-        return got
+    if isinstance(got, Splits):  # a built-in loader's, checked as it read them; named as the option is
+        return got if got.name == data.name else dataclasses.replace(got, name=data.name)
     try:
         train, validation = got
     except (TypeError, ValueError):

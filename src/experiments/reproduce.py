@@ -26,6 +26,7 @@ from src.experiments.verdict import (
 from src.tracking.liveness import dead_reason
 from src.tracking.logged_config import ReproduceError, logged_config
 from src.tracking.store import (
+    CONFIG_DIRS_TAG,
     SWEEP_OVERRIDES_TAG,
     default_tracking_uri,
     get_run,
@@ -87,7 +88,8 @@ def reproduce_run(
     outcome.warnings.extend(environment_warnings(original.data.tags, cfg, filled, dropped))
     _warn(outcome.warnings, run_id)
 
-    result = train(cfg, parent_run_id=parent_run_id, extra_tags={REPRODUCED_FROM_TAG: run_id})
+    carried = {k: v for k, v in original.data.tags.items() if k == CONFIG_DIRS_TAG}  # so it reproduces in turn
+    result = train(cfg, parent_run_id=parent_run_id, extra_tags={REPRODUCED_FROM_TAG: run_id, **carried})
     outcome.new_id = result.run_id
     if result.status == FAILED:
         raise ReproduceError(f"run {run_id}: the reproduction run {result.run_id} FAILED: {result.error}")

@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Tuple, Union
 import keras
 from omegaconf import DictConfig, OmegaConf
 
+from src.core import compat
 from src.core.errors import ConfigError, first_line
 from src.core.regularizers import KERNEL_ARGUMENT, builder_arguments, kernel_regularizer
 
@@ -29,8 +30,8 @@ def build_model(model: DictConfig, reg: DictConfig, input_shape: Union[int, Sequ
     try:
         builder = get_method(model._target_)
     except Exception as exc:  # Hydra's ImportError wrapper: the module or the name is missing
-        raise ConfigError(f"model._target_={model._target_}: cannot be imported ({first_line(exc)}); put its module on "
-                          "PYTHONPATH or in the working directory") from None
+        raise ConfigError(f"model._target_={model._target_}: cannot be imported ({first_line(exc.__cause__ or exc)}); "
+                          "put its module on PYTHONPATH or in the working directory") from None
     kwargs = {k: v for k, v in OmegaConf.to_container(model, resolve=True).items() if k not in FRAMEWORK_KEYS}
     if "name" in inspect.signature(builder).parameters:
         kwargs["name"] = model.name  # the Keras model's name: the option's
@@ -54,6 +55,7 @@ def build_model(model: DictConfig, reg: DictConfig, input_shape: Union[int, Sequ
 
 def _regularizer_arguments(model: DictConfig, builder, reg: DictConfig) -> dict:
     """The reg knobs as the builder's arguments; ConfigError for a knob that is on and has no argument to go to."""
+    # by name only: a **kwargs builder could drop a regularizer silently, so it gets none (L2 then goes on every kernel)
     taken = inspect.signature(builder).parameters
     arguments = {}
     if KERNEL_ARGUMENT in taken:
@@ -71,7 +73,7 @@ def _penalize_every_kernel(model: keras.Model, penalty) -> None:
     """The penalty on every kernel of a built model whose builder did not place it: `model.losses` then carries it."""
     if penalty is None:
         return
-    for layer in model._flatten_layers(include_self=False):
+    for layer in compat.sublayers(model):
         kernel = getattr(layer, "kernel", None)
         if kernel is not None and hasattr(layer, KERNEL_ARGUMENT):
             setattr(layer, KERNEL_ARGUMENT, penalty)

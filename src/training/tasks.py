@@ -32,7 +32,13 @@ class Task:
         return made
 
     def n_outputs(self, y_train: np.ndarray, y_val: np.ndarray) -> int:
-        """The model's output units: one, or one per class (labels 0..K-1) for multiclass."""
+        """The model's output units: one, or one per class (labels 0..K-1) for multiclass; DataError for labels the
+        task cannot learn (binary: 0 or 1 only: a continuous target is a regression)."""
+        if self.name == "binary":
+            for split, y in (("training", y_train), ("validation", y_val)):
+                if not ((y == 0) | (y == 1)).all():
+                    raise DataError(f"task=binary: the {split} labels must be 0 or 1 (a continuous target: task=regression,"
+                                    " class numbers: task=multiclass)")
         if self.name != "multiclass":
             return 1
         labels = np.concatenate([np.unique(y_train), np.unique(y_val)])
