@@ -62,10 +62,10 @@ lint:  ## the layer contract: imports only go down the layers declared in pyproj
 	.venv/bin/lint-imports
 
 docs:  ## build the docs site into site/ (strict: a broken link or a missing page fails)
-	.venv/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
 
 docs-serve:  ## preview the docs site on http://127.0.0.1:8000
-	.venv/bin/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs serve
 
 reproduce:  ## rerun a logged run exactly: make reproduce RUN=<run id>
 	$(PY) -m src.reproduce $(RUN) $(ARGS)
