@@ -108,3 +108,24 @@ def test_a_three_seed_sweep_states_its_verdicts_on_its_parent_and_in_compares_js
     err = capsys.readouterr().err
     assert "statistics of 6 runs in " in err
     assert (tmp_path / "out" / "pairs_best_val_binary_crossentropy.png").stat().st_size > 1000
+
+
+def test_a_seed_changes_both_the_initial_weights_and_the_shuffle(make_cfg):
+    """What makes seeds a sweep axis worth pooling: each one is another draw of the weights and of the data order."""
+    from src.data.loading import load_data
+    from src.data.pipeline import make_datasets
+    from src.training.models import build_model
+    from src.training.runtime import seed_everything
+
+    cfg = make_cfg("model=tiny")
+    splits = load_data(cfg.data)
+
+    def draw(seed):
+        seed_everything(seed)
+        weights = build_model(cfg.model, cfg.reg, splits.x_train.shape[1:]).get_weights()[0]
+        first_batch = next(iter(make_datasets(splits, 100, seed)[0]))[1].numpy()
+        return weights, first_batch
+
+    (w0, b0), (w0_again, b0_again), (w1, b1) = draw(0), draw(0), draw(1)
+    assert np.array_equal(w0, w0_again) and np.array_equal(b0, b0_again)
+    assert not np.array_equal(w0, w1) and not np.array_equal(b0, b1)
