@@ -162,6 +162,24 @@ def test_a_bad_objective_is_a_one_line_error_before_any_trial_or_parent_run(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("space, message", [
+    ("reg.l3=tag(log, interval(1e-5, 1e-2))", "reg.l3: no such config key, so the search cannot vary it"),
+    ("train.learning_rate=interval(0.1, 0.01)", "train.learning_rate=interval(0.1, 0.01): not a search range"),
+])
+def test_a_bad_search_space_is_one_line_before_any_study_or_parent_run(tmp_path, higgs_file, space, message):
+    """An unknown key once left trial 0 RUNNING in the study and a FAILED parent with an empty summary."""
+    proc = run_module("src.train", _search_args(tmp_path, higgs_file, space, f"hydra.sweep.dir={tmp_path}/sweep"),
+                      cwd=tmp_path)
+    assert proc.returncode == 1
+    assert any(message in line for line in error_lines(proc.stderr)), error_lines(proc.stderr)
+    assert split_runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db") == ([], [])
+    if (tmp_path / "optuna.db").exists():  # no study was made, so no trial is left RUNNING in one
+        import optuna
+
+        assert optuna.study.get_all_study_summaries(f"sqlite:///{tmp_path}/optuna.db") == []
+
+
+@pytest.mark.slow
 def test_two_workers_share_one_study_and_its_parent_run_and_a_study_resumes_by_name(tmp_path, higgs_file):
     """Two processes against one study in one storage (Optuna's distributed pattern); then the same command again
     adds trials to the study instead of starting over."""
@@ -214,3 +232,23 @@ def test_a_seeded_search_asks_for_the_same_trials_and_gets_the_same_values_again
 
     first = study(tmp_path / "one")
     assert study(tmp_path / "two") == first  # the sampler's seed and bit-identical trials: the same search
+
+
+@pytest.mark.slow
+def test_an_interrupted_search_leaves_no_trial_running_in_its_study(tmp_path, higgs_file):
+    import signal
+
+    args = _search_args(tmp_path, higgs_file, "hydra.sweeper.n_trials=3", "hydra.sweeper.study_name=cut",
+                        "train.epochs=100000", f"hydra.sweep.dir={tmp_path}/sweep")
+    proc = subprocess.Popen([sys.executable, "-m", "src.train", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    log = tmp_path / "sweep" / "0" / "train.log"
+    while not (log.exists() and "epoch 2:" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    study = optuna.load_study(study_name="cut", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["FAIL"]  # told, never left RUNNING

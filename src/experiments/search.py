@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from omegaconf import DictConfig
 
 from src.core import compat
-from src.core.errors import ConfigError
+from src.core.errors import ConfigError, first_line
 from src.core.metrics import LEGACY_TASK, data_loss, monitorable
 from src.core.runstates import PRUNED
 
@@ -52,10 +52,13 @@ def search_space(arguments: Sequence[str], params: Dict[str, str], config_loader
         sweep = override.value()
         if isinstance(sweep, IntervalSweep):
             log_scale = "log" in sweep.tags
-            if "int" in sweep.tags:  # Hydra parses interval()'s ends as floats; tag(int, ...) asks for integers
-                space[key] = od.IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
-            else:
-                space[key] = od.FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale)
+            try:
+                if "int" in sweep.tags:  # Hydra parses interval()'s ends as floats; tag(int, ...) asks for integers
+                    space[key] = od.IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
+                else:
+                    space[key] = od.FloatDistribution(float(sweep.start), float(sweep.end), log=log_scale)
+            except ValueError as exc:  # low > high, a log scale through 0
+                raise ConfigError(f"{override.input_line}: not a search range ({first_line(exc)})") from None
         elif isinstance(sweep, ChoiceSweep):
             space[key] = od.CategoricalDistribution([_choice_value(c) for c in sweep.list])
         elif isinstance(sweep, RangeSweep):
@@ -80,6 +83,18 @@ def _range_values(sweep) -> List[Any]:
         values.append(value)
         value += sweep.step
     return values
+
+
+def check_space(config: DictConfig, arguments: Sequence[str], params: Dict[str, str]) -> None:
+    """The search space checked before a parent run or a study exists: every range well-formed, every key one the
+    config has (`+key` adds one on purpose)."""
+    from omegaconf import OmegaConf
+
+    _, space = search_space(arguments, params)
+    absent = object()
+    for key in space:
+        if not key.startswith("+") and OmegaConf.select(config, key, default=absent) is absent:
+            raise ConfigError(f"{key}: no such config key, so the search cannot vary it (add it with +{key}=...)")
 
 
 def trial_overrides(params: Dict[str, Any]) -> List[str]:

@@ -15,7 +15,7 @@ from src.core.errors import ConfigError, UserError
 from src.core.interrupts import signals_blocked
 from src.core.redaction import redact, redact_files, redact_log_handlers
 from src.core.runstates import KILLED, RUNNING
-from src.experiments.search import check_settings, study_parent_run
+from src.experiments.search import check_settings, check_space, study_parent_run
 from src.experiments.sweep_parent import (
     NOTE_TAG,
     PARENT_RUN_FILE,
@@ -124,6 +124,7 @@ class _SweepParent:
         hydra_cfg = config.hydra  # HydraConfig is not set yet when multirun starts
         if is_search(hydra_cfg):  # a search's own settings are checked before anything is created
             check_settings(hydra_cfg.sweeper, config.task)
+            check_space(config, list(hydra_cfg.overrides.task), hydra_cfg.sweeper.params)
         sweep_dir = Path(hydra_cfg.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         uri = config.mlflow.tracking_uri

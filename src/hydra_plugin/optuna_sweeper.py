@@ -63,7 +63,15 @@ class OptunaSweeper(Sweeper):
             batch = [[*fixed, *search.trial_overrides(t.params), f"trial.study={study_name}",
                       f"trial.id={compat.optuna_trial_id(t)}", f"trial.number={t.number}"] for t in trials]
             self.validate_batch_is_legal(batch)
-            results = self.launcher.launch(batch, initial_job_idx=job_idx)
+            try:
+                results = self.launcher.launch(batch, initial_job_idx=job_idx)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM mid-batch: its trials end FAILED in the study, not RUNNING
+                for trial in trials:
+                    try:
+                        study.tell(trial, state=TrialState.FAIL)
+                    except Exception:  # told already (a trial that ended before the signal)
+                        pass
+                raise
             for trial, result in zip(trials, results):
                 outcome = result.return_value if result.status == JobStatus.COMPLETED else None
                 if outcome is None or outcome["status"] not in (FINISHED, PRUNED):
