@@ -139,6 +139,7 @@ BAD_FILES = [
     ("nan", r"rows\.csv\.gz line 3: non-finite value 'nan' in column 2 \(feature 1\)"),
     ("inf", r"rows\.csv\.gz line 3: non-finite value '-inf' in column 29 \(feature 28\)"),
     ("label-2", r"rows\.csv\.gz line 3: label must be 0 or 1, got '2'"),
+    ("beyond-float32", r"rows\.csv\.gz line 3: non-finite value '1e39' in column 5 \(feature 4\) \(beyond float32, "),
 ]
 
 
@@ -173,6 +174,8 @@ def test_bad_file_is_one_line_data_error(tmp_path, sample_lines, case, expected)
         lines[2] = ",".join(fields[:1] + ["nan"] + fields[2:])
     elif case == "inf":
         lines[2] = ",".join(fields[:-1] + ["-inf"])
+    elif case == "beyond-float32":  # finite in float64, inf in the float32 training reads
+        lines[2] = ",".join(fields[:4] + ["1e39"] + fields[5:])
     elif case == "label-2":
         lines[2] = ",".join(["2"] + fields[1:])
     if raw is None:

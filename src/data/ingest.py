@@ -21,6 +21,7 @@ from src.core.errors import DataError
 log = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 # pyarrow parses (and converts) the text in blocks of this many bytes, several at once
 FAST_BLOCK_BYTES = 1 << 20
 # pyarrow reads 8-25 MiB ahead of the rows it hands on; a shorter prefix of a stream (a download
@@ -98,7 +99,8 @@ def _fast_blocks(open_raw: OpenRaw, n_rows: Optional[int], n_features: int, thre
                 for j, column in enumerate(batch.columns):
                     if column.null_count:
                         raise _FastPathRejected(f"an empty value in column {j + 1}")
-                    block[:, j] = column.to_numpy()
+                    with np.errstate(over="ignore"):  # beyond float32 is inf: the line parser names it
+                        block[:, j] = column.to_numpy()
                 if not np.isfinite(block).all():
                     raise _FastPathRejected("a non-finite value")
                 labels = block[:, 0]
@@ -167,11 +169,12 @@ def _parse_line(line: str, n_fields: int, n_features: int, name: str, line_no: i
         raise DataError(
             f"{name} line {line_no}: non-numeric value {fields[column].strip()!r} in column {column + 1}{hint}"
         ) from None
-    if not all(math.isfinite(v) for v in values):
-        column = next(i for i, v in enumerate(values) if not math.isfinite(v))
+    if not all(math.isfinite(v) and abs(v) <= FLOAT32_MAX for v in values):  # training reads float32
+        column = next(i for i, v in enumerate(values) if not (math.isfinite(v) and abs(v) <= FLOAT32_MAX))
         what = "label" if column == 0 else f"feature {column}"
+        beyond = " (beyond float32, which training reads)" if math.isfinite(values[column]) else ""
         raise DataError(
-            f"{name} line {line_no}: non-finite value {fields[column].strip()!r} in column {column + 1} ({what})"
+            f"{name} line {line_no}: non-finite value {fields[column].strip()!r} in column {column + 1} ({what}){beyond}"
         )
     if values[0] not in (0.0, 1.0):
         raise DataError(f"{name} line {line_no}: label must be 0 or 1, got {fields[0].strip()!r}")
