@@ -204,3 +204,16 @@ def test_a_killed_ingest_leaves_nothing_that_is_read_and_its_leftover_is_cleared
     splits = load_higgs(data_cfg(path, cache, n_train=-1))  # the next ingest of that source clears it
     np.testing.assert_array_equal(splits.x_train, block[100:, 1:])
     assert not leftover.exists() and cache_files(cache)[1] == []
+
+
+def test_a_warm_cache_of_other_columns_is_not_used_for_a_config_that_asks_fewer(tmp_path):
+    """data.n_features=27 on a cache of 28 once fed a model built for 27 with 28 columns (a multi-line Keras error)."""
+    path = tmp_path / "rows.csv.gz"
+    write_uci_gzip(path, 600)
+    assert load_higgs(data_cfg(path, tmp_path / "cache")).x_train.shape[1] == 28  # warm
+    fewer = data_cfg(path, tmp_path / "cache")
+    fewer.n_features = 27
+    with pytest.raises(DataError, match=r"line 1: expected 28 comma-separated values \(label \+ data.n_features=27\), "
+                                        r"got 29$"):
+        load_higgs(fewer)
+    assert len(cache_files(tmp_path / "cache")[0]) == 1  # the 28-column cache stays whole; nothing half-written

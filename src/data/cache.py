@@ -93,7 +93,7 @@ def cached_rows(source: Source, n_rows: Optional[int], n_features: int, cache_di
 
     When data.cache_dir cannot be written, the rows are parsed into memory, with a warning.
     """
-    entry = _find(cache_dir, source, n_rows)
+    entry = _find(cache_dir, source, n_rows, n_features)
     ingested = False
     if entry is None:
         try:
@@ -113,7 +113,7 @@ def ingest(
     """Parse `source` into a cache file once, whoever else asks at the same time: the entry, and whether this call wrote it."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     with _locked(cache_dir / f"{source.prefix}-{source.key}.lock"):
-        entry = _find(cache_dir, source, n_rows)  # another job may have ingested it while this one waited
+        entry = _find(cache_dir, source, n_rows, n_features)  # another job may have ingested it while this one waited
         if entry is not None:
             return entry, False
         for stale in cache_dir.glob(f".{source.prefix}-{source.key}-*{SUFFIX}.tmp"):  # left by a killed ingest (the lock is ours)
@@ -129,10 +129,11 @@ def cached_entries_of(cache_dir: Path, location: str) -> List[Entry]:
     return sorted(found, key=lambda e: e.header["ingested_at"], reverse=True)
 
 
-def _find(cache_dir: Path, source: Source, n_rows: Optional[int]) -> Optional[Entry]:
-    """The smallest readable cache file of this exact source that holds the rows asked for."""
+def _find(cache_dir: Path, source: Source, n_rows: Optional[int], n_features: int) -> Optional[Entry]:
+    """The smallest readable cache file of this exact source that holds the rows asked for, with as many columns as
+    the config asks (data.n_features=27 on a cache of 28 parses the file again, and says what is wrong with it)."""
     fits = [e for e in _entries(cache_dir, source.key, source.prefix)
-            if e.header["source"] == source.identity and e.covers(n_rows)]
+            if e.header["source"] == source.identity and e.covers(n_rows) and e.header["columns"] == 1 + n_features]
     return min(fits, key=lambda e: e.rows, default=None)
 
 
