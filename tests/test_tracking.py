@@ -94,3 +94,14 @@ def test_a_dataset_that_parallel_jobs_insert_at_once_is_linked_by_a_retry(messag
     with pytest.raises(MlflowException, match="NotNullViolation"):
         log_datasets(other, "run", data)
     assert other.calls == 1  # any other failure is the store's answer, not a race
+
+
+def test_printed_links_open_the_model_training_pages_where_the_ui_runs():
+    """MLflow 3 opens its GenAI pages for a bare run link in a fresh browser; the workflow type picks Model training."""
+    local = TrackedRun("sqlite:////x/mlflow.db", "abc", "1", "fit-none-large", writer=None, client=object(),
+                       ui_url="http://127.0.0.1:5055/")
+    assert local.ui_hint() == ("MLflow run ID abc: open it with `make ui`, then "
+                               "http://127.0.0.1:5055/#/experiments/1/runs/abc?workflowType=machine_learning")
+    served = TrackedRun("http://alice:pw@ml.example:8080/mlflow", "abc", "1", "r", writer=None, client=object())
+    assert served.ui_hint() == ("MLflow run ID abc: "
+                                "http://ml.example:8080/mlflow/#/experiments/1/runs/abc?workflowType=machine_learning")

@@ -216,6 +216,7 @@ class MlflowConfig:
     log_models: bool = MISSING  # the final and the best model of every run, in the Keras flavor
     system_metrics: bool = MISSING  # MLflow's system metrics (CPU, memory, disk, network; GPU where present)
     system_metrics_seconds: float = MISSING  # how often they are sampled (and logged)
+    ui_url: str = MISSING  # where `make ui` serves the local store: the printed links' base
 
 
 @dataclass

@@ -88,7 +88,8 @@ def tracked_run(
         except MlflowException as exc:
             raise TrackingError(f"mlflow.tracking_uri={redact(uri)}: cannot start a run ({store_error_line(exc)})") from None
         writer = MetricWriter(mlflow_client, run_id, uri, cfg.mlflow.retry_seconds, output_dir)
-        tracked = TrackedRun(uri, run_id, exp_id, run_name, writer, client=mlflow_client, claim=claim)
+        tracked = TrackedRun(uri, run_id, exp_id, run_name, writer, client=mlflow_client, claim=claim,
+                             ui_url=cfg.mlflow.ui_url)
         heartbeat = Heartbeat(mlflow_client, run_id)
         if cfg.mlflow.system_metrics:
             system_metrics = _start_system_metrics(run_id, uri, cfg.mlflow.system_metrics_seconds,

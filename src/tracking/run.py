@@ -49,6 +49,7 @@ class TrackedRun:
     already_logged: set = field(default_factory=set)  # epochs a resumed run had logged before it stopped
     claim: Optional[str] = None  # this process's claim on a resumed run (RESUME_CLAIM_TAG); None on a new run
     taken_over: Optional[str] = None  # the error line, once another process has claimed the run
+    ui_url: str = "http://127.0.0.1:5000"  # where `make ui` serves a local store (mlflow.ui_url)
 
     def __post_init__(self) -> None:
         self.client = self.client or client(self.tracking_uri)
@@ -148,13 +149,14 @@ class TrackedRun:
             self.client.log_artifacts(self.run_id, str(Path(folder) / "log"))
 
     def ui_hint(self) -> str:
-        """Where to see the run: the tracking server's own UI, or `make ui` over a local store."""
-        page = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        """Where to see the run: the tracking server's own UI, or `make ui` (at mlflow.ui_url) over a local store."""
+        # the query opens MLflow 3's "Model training" pages in a fresh browser (else its GenAI pages)
+        page = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
         if self.tracking_uri.startswith(("http://", "https://")):
             parts = urlsplit(self.tracking_uri)
             host = parts.hostname + (f":{parts.port}" if parts.port else "")  # never the credentials
             return f"MLflow run ID {self.run_id}: {parts.scheme}://{host}{parts.path.rstrip('/')}/{page}"
-        return f"MLflow run ID {self.run_id}: open it with `make ui`, then http://127.0.0.1:5000/{page}"
+        return f"MLflow run ID {self.run_id}: open it with `make ui`, then {self.ui_url.rstrip('/')}/{page}"
 
 
 class UntrackedRun:
