@@ -231,7 +231,7 @@ def residuals_figure(target: np.ndarray, residuals: np.ndarray, title: str) -> F
 def forest_figure(rows: Sequence[Mapping], title: str) -> Figure:
     """The paired differences a − b of one summary with their 95 % intervals, one line per pair of groups; the
     dashed line is no difference. Identical twins sit on it as a diamond; pairs without enough seeds are named."""
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * max(1, len(rows))))
+    fig, ax = plt.subplots(figsize=(10, 1.4 + 0.45 * max(1, len(rows))), layout="constrained")  # room for the labels
     ax.set_title("\n".join(textwrap.wrap(title, 80)) or title)
     for y, row in enumerate(rows):
         if row["ci95"] is not None and row["verdict"] != "identical":
@@ -246,5 +246,4 @@ def forest_figure(rows: Sequence[Mapping], title: str) -> Figure:
     ax.invert_yaxis()
     ax.set_xlabel("a − b (95 % bootstrap interval over matching seeds)")
     ax.grid(True, axis="x", alpha=0.4)
-    fig.tight_layout()
     return fig
