@@ -87,3 +87,17 @@ def test_run_figures_log_as_artifacts(tracking_uri):
     assert set(figures) <= logged
     # a one-epoch history still draws (a marker, not an invisible line)
     plots.close(plots.run_figures({k: v[:1] for k, v in history.items()}, "one epoch"))
+
+
+def test_a_deleted_run_is_refused_by_compare_evaluate_and_reproduce(tracking_uri, capsys):
+    from src.analysis.evaluate import main as evaluate
+    from src.experiments.reproduce import main as reproduce
+
+    client = MlflowClient(tracking_uri)
+    run_id = client.create_run(client.create_experiment("overfit-and-underfit")).info.run_id
+    client.delete_run(run_id)
+    capsys.readouterr()
+    for command in (main, evaluate, reproduce):
+        assert command([run_id, "--tracking-uri", tracking_uri]) != 0
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and f"run {run_id}: deleted in {tracking_uri}" in err[0], (command, err)

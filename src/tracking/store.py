@@ -195,14 +195,18 @@ def open_store(tracking_uri: str):
 
 
 def get_run(mlflow_client, run_id: str, tracking_uri: str):
-    """The run, or a one-line error naming the ID and the store."""
+    """The run, or a one-line error naming the ID and the store (a deleted run included)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return mlflow_client.get_run(run_id)
+        run = mlflow_client.get_run(run_id)
     except MlflowException as exc:
         reason = "no such run" if exc.error_code == "RESOURCE_DOES_NOT_EXIST" else str(exc).splitlines()[0]
         raise TrackingError(f"run {run_id}: {reason} in {redact(tracking_uri)}") from None
+    if run.info.lifecycle_stage == "deleted":  # in the trash: evaluate, reproduce and compare take it for no run
+        raise TrackingError(f"run {run_id}: deleted in {redact(tracking_uri)} (restore it in the UI, or `mlflow runs "
+                            "restore --run-id` it, to use it)")
+    return run
 
 
 def sweep_children(mlflow_client, parent) -> list:
