@@ -44,7 +44,12 @@ CASES = [
         ["data.path={sample}", "data.n_train=20000"],
         r"^{sample} has 10984 rows, .*set data\.n_train to at most 10884$",
     ),
-    ("l2-negative", ["reg=l2", "reg.l2=-1"], r"^reg\.l2=-1\.0: must be 0 or positive$"),
+    ("l2-negative", ["reg=l2", "reg.l2=-1"], r"^reg\.l2=-1\.0: must be 0 or a positive finite number$"),
+    ("l2-infinite", ["reg=l2", "reg.l2=inf"], r"^reg\.l2=inf: must be 0 or a positive finite number$"),
+    ("lr-infinite", ["train.learning_rate=inf"], r"^train\.learning_rate=inf: must be a positive finite number$"),
+    ("threads-beyond-machine", ["train.threads=4096"], r"^train\.threads=4096: must be 0 \(all cores\) or a count up to "
+                                                      r"this machine's \d+ cores$"),
+    ("activation-unknown", ["model.activation=elux"], r"^model\.activation=elux: not an activation Keras knows"),
     ("dropout-one", ["reg=dropout", "reg.dropout=1.0"], r"^reg\.dropout=1\.0: must be in \[0, 1\)$"),
     ("l2-contradicts-reg-none", ["reg=none", "reg.l2=0.01"], r"^reg\.l2=0\.01: contradicts reg=none"),
     # --- data ---

@@ -1,5 +1,7 @@
 """The composed config: composition from conf/, the checks types cannot express, the run's name, its semantic part."""
 
+import math
+import os
 from enum import Enum
 from typing import List, Sequence
 
@@ -71,8 +73,10 @@ def validate(cfg: DictConfig) -> None:
     need(0 <= cfg.seed < 2**32, "seed", "must be in [0, 2**32)")
     need(cfg.train.epochs >= 1, "train.epochs", "must be at least 1")
     need(cfg.train.batch_size >= 1, "train.batch_size", "must be at least 1")
-    need(cfg.train.learning_rate > 0, "train.learning_rate", "must be positive")
-    need(cfg.train.threads >= 0, "train.threads", "must be 0 (all cores) or a positive count")
+    need(0 < cfg.train.learning_rate < math.inf, "train.learning_rate", "must be a positive finite number")
+    cores = len(os.sched_getaffinity(0))
+    need(0 <= cfg.train.threads <= cores, "train.threads", f"must be 0 (all cores) or a count up to this machine's "
+                                                            f"{cores} cores")
     need(cfg.train.checkpoint_every >= 0, "train.checkpoint_every", "must be 0 (only when interrupted) or more")
     need(cfg.train.lr_decay_epochs > 0, "train.lr_decay_epochs", "must be positive")
     stopping, task = cfg.train.early_stopping, getattr(cfg.task, "value", cfg.task)

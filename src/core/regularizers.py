@@ -10,6 +10,7 @@ hidden layers), and is otherwise put on every kernel of the built model. Any oth
 handed to the builder as the argument it names; a builder without that argument cannot take it.
 """
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
@@ -34,7 +35,7 @@ def _l2(factor: float):
 
 # Knob names hold no `_`: an option's name is its knobs joined by `_`.
 REGULARIZERS: Dict[str, Regularizer] = {
-    "l2": Regularizer(lambda v: v >= 0, "must be 0 or positive", kernel_penalty=_l2),
+    "l2": Regularizer(lambda v: 0 <= v < math.inf, "must be 0 or a positive finite number", kernel_penalty=_l2),
     "dropout": Regularizer(lambda v: 0 <= v < 1, "must be in [0, 1)", argument="dropout"),
 }
 

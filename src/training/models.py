@@ -80,10 +80,21 @@ def _penalize_every_kernel(model: keras.Model, penalty) -> None:
             kernel.regularizer = penalty
 
 
+def _known_activation(activation: str) -> str:
+    """An activation Keras knows by name; ConfigError naming the key otherwise (before any run)."""
+    try:
+        keras.activations.get(activation)
+    except ValueError:
+        raise ConfigError(f"model.activation={activation}: not an activation Keras knows (e.g. relu, elu, tanh, "
+                          "gelu)") from None
+    return activation
+
+
 def dense(input_shape: Tuple[int, ...], n_outputs: int, hidden_units: Sequence[int], activation: str,
           kernel_regularizer=None, dropout: float = 0.0, name: str = "dense") -> keras.Sequential:
     """The tutorial's models: hidden Dense layers (each with the kernel penalty, then Dropout when on), then
     Dense(n_outputs) logits; an image input is flattened first."""
+    _known_activation(activation)
     layers: list = [keras.Input(shape=input_shape)]
     if len(input_shape) > 1:
         layers.append(keras.layers.Flatten())
@@ -99,6 +110,7 @@ def cnn(input_shape: Tuple[int, ...], n_outputs: int, filters: Sequence[int], ke
         activation: str, kernel_regularizer=None, dropout: float = 0.0, name: str = "cnn") -> keras.Sequential:
     """A small convolutional net: per `filters` entry a same-padded Conv2D and a 2x2 max-pool, then a Dense layer
     (Dropout after it when on) and Dense(n_outputs) logits; every kernel carries the penalty."""
+    _known_activation(activation)
     if len(input_shape) != 3:
         raise ConfigError(f"model=cnn: needs images (height, width, channels), got input shape {input_shape}; "
                           "use a Dense model (model=large) for a table")
