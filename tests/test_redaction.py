@@ -16,3 +16,12 @@ from src.core.redaction import redact
 ])
 def test_a_urls_password_is_masked_up_to_the_last_at_of_its_authority(url, masked):
     assert redact(f"tracking {url} and http://bob:x@@other/ too") == f"tracking {masked} and http://bob:***@other/ too"
+
+
+def test_src_data_masks_a_password_in_its_output(tmp_path):
+    from tests.helpers import run_module
+
+    proc = run_module("src.data", ["http://alice:p@ssW0rdZ@127.0.0.1:9/x.csv.gz", "--cache-dir", str(tmp_path),
+                                   "--rows", "10", "--quiet"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "alice:***@" in proc.stderr
+    assert "ssW0rdZ" not in proc.stdout + proc.stderr

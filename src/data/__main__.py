@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from src.core.config import compose_config
 from src.core.errors import UserError
+from src.core.redaction import RedactedStream
 from src.data.higgs import source_rows
 
 
@@ -32,6 +33,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit status."""
     started = time.perf_counter()
     args = parse_args(argv)
+    if not isinstance(sys.stderr, RedactedStream):  # a URL's password never reaches the terminal, as with src.train
+        sys.stdout, sys.stderr = RedactedStream(sys.stdout), RedactedStream(sys.stderr)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     data = compose_config([]).data  # data.n_features, data.cache_dir and data.timeout_seconds as configured
     if re.match(r"(?i)^https?://", args.source):
