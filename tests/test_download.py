@@ -170,6 +170,17 @@ def test_server_ignoring_range_restarts_from_zero(tmp_path, serve):
     assert _sha(dest) == _sha(source)
 
 
+def test_a_server_without_range_that_always_cuts_at_the_same_byte_fails_after_bounded_attempts(tmp_path, serve):
+    """Every attempt receives bytes and starts over from byte 0: only net progress counts, so it ends in one line
+    (it looped for ever, 783 warnings in 200 s)."""
+    source = _random_file(tmp_path / "source.bin", seed=0)
+    server = serve(source, cuts=[1_000_000] * 50, honour_range=False)
+    with pytest.raises(DataError, match=r"^data.url: download of \S+ failed after 6 attempts \(the connection closed "
+                                        r"at byte 1000000 of \d+\)"):
+        download_file(server.url, tmp_path / "HIGGS.csv.gz", TIMEOUT, progress=False)
+    assert len(server.gets) == 6
+
+
 def test_file_changed_mid_download_gives_the_new_file_not_a_splice(tmp_path, serve):
     old = _random_file(tmp_path / "old.bin", seed=0)
     new = _random_file(tmp_path / "new.bin", seed=1)  # the same size: a splice would not show in the length

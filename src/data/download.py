@@ -144,16 +144,19 @@ def download_file(url: str, dest: Path, timeout: float, *, progress: bool = True
         if job.have:
             log.info("download of %s resumes at byte %d of %s", url, job.have, part)
         attempts = stalls = 0
+        furthest = job.have  # the most of the file held at once: restarts that never get past it make no progress
         while True:
             attempts += 1
-            received = job.received
             try:
                 reason = job.attempt()
             except _NETWORK_ERRORS as exc:
                 reason = _one_line(exc)
             if reason is None:
                 break
-            stalls = 0 if job.received > received else stalls + 1
+            # net progress only: a server without Range support that cuts the body at the same place again and
+            # again receives bytes on every attempt, and would otherwise start over for ever
+            stalls = 0 if job.have > furthest else stalls + 1
+            furthest = max(furthest, job.have)
             if stalls >= max_stalls:
                 kept = f"; the partial file {part} resumes next time" if part.exists() else ""
                 raise DataError(f"data.url: download of {url} failed after {attempts} attempts ({reason}){kept}")
