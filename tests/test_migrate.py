@@ -125,3 +125,16 @@ def test_migration_is_idempotent_in_every_direction_and_never_into_its_own_store
         migrate(tracking_uri, same)
     with pytest.raises(MigrationError, match=r"^--experiment nope: no such experiment in sqlite:///\S+ \(it has: "):
         migrate(tracking_uri, other, ["nope"])
+
+
+def test_migrated_artifacts_land_beside_the_destination_store_never_in_the_working_directory(
+        make_cfg, tracking_uri, tmp_path, monkeypatch):
+    train(make_cfg("mlflow.log_models=false", "train.epochs=1"))
+    elsewhere = tmp_path / "scratch"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # a scratch folder: artifacts under ./mlruns would turn hollow once it is deleted
+    (tmp_path / "dest").mkdir()
+    (copy_id,) = migrate(tracking_uri, f"sqlite:///{tmp_path}/dest/mlflow.db").values()
+    copy = MlflowClient(f"sqlite:///{tmp_path}/dest/mlflow.db").get_run(copy_id)
+    assert copy.info.artifact_uri.startswith((tmp_path / "dest" / "artifacts").as_uri())
+    assert not (elsewhere / "mlruns").exists()

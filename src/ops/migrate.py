@@ -25,7 +25,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 from src.core.errors import UserError, first_line
 from src.core.interrupts import handle_interrupts, signals_blocked
 from src.core.redaction import redact
-from src.tracking.store import PARENT_TAG, default_tracking_uri, ensure_store, open_store, store_identity
+from src.tracking.store import PARENT_TAG, artifact_folder, default_tracking_uri, ensure_store, experiment_id
+from src.tracking.store import open_store, store_identity
 
 MIGRATED_FROM_TAG = "migrated_from"  # the original run's (or logged model's) ID, on its finished copy
 MIGRATING_FROM_TAG = "migrating_from"  # the same on a copy being made: one without the other is a leftover
@@ -214,7 +215,8 @@ def migrate(source_uri: str, destination_uri: str, experiments: Sequence[str] = 
         if experiments and experiment.name not in experiments:
             continue
         target = destination.get_experiment_by_name(experiment.name)
-        target_id = target.experiment_id if target else destination.create_experiment(experiment.name)
+        target_id = target.experiment_id if target else experiment_id(
+            destination_uri, experiment.name, artifact_folder(destination_uri))  # beside its store, never ./mlruns
         done = {}
         present = set()  # the destination's runs: a source run copied from one of them is going home, not copied
         for copy in _all_runs(destination, target_id):

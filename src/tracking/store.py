@@ -281,3 +281,11 @@ def store_identity(uri: str) -> str:
     parts = urlsplit(uri)
     host = (parts.hostname or "").lower() + (f":{parts.port}" if parts.port else "")
     return f"{parts.scheme.lower()}://{host}{parts.path.rstrip('/')}"
+
+
+def artifact_folder(tracking_uri: str) -> Optional[str]:
+    """Where a new experiment of a local database store keeps its artifacts: `artifacts/` beside the database file
+    (MLflow's default is ./mlruns of whatever the working directory is); None for a server, which chooses."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return str(Path(tracking_uri[len("sqlite:///"):]).expanduser().resolve().parent / "artifacts")
