@@ -50,6 +50,8 @@ CASES = [
     ("threads-beyond-machine", ["train.threads=4096"], r"^train\.threads=4096: must be 0 \(all cores\) or a count up to "
                                                       r"this machine's \d+ cores$"),
     ("activation-unknown", ["model.activation=elux"], r"^model\.activation=elux: not an activation Keras knows"),
+    ("batch-not-a-multiple-of-replicas", ["train.logical_cpus=3"], r"^train\.batch_size=100: must be a multiple of "
+                                                                   r"train\.logical_cpus=3"),
     ("dropout-one", ["reg=dropout", "reg.dropout=1.0"], r"^reg\.dropout=1\.0: must be in \[0, 1\)$"),
     ("l2-contradicts-reg-none", ["reg=none", "reg.l2=0.01"], r"^reg\.l2=0\.01: contradicts reg=none"),
     # --- data ---

@@ -101,3 +101,11 @@ def test_a_deleted_run_is_refused_by_compare_evaluate_and_reproduce(tracking_uri
         assert command([run_id, "--tracking-uri", tracking_uri]) != 0
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and f"run {run_id}: deleted in {tracking_uri}" in err[0], (command, err)
+
+
+def test_a_run_that_is_not_finished_is_marked_in_the_table(make_cfg, tracking_uri, tmp_path, capsys):
+    run_id = train(make_cfg("train.epochs=2")).run_id
+    MlflowClient(tracking_uri).update_run(run_id, "RUNNING")  # still training, as far as the store knows
+    capsys.readouterr()
+    assert main([run_id, "--tracking-uri", tracking_uri, "--out", str(tmp_path / "r")]) == 0
+    assert any(line.startswith("fit-none-tiny (RUNNING) ") for line in capsys.readouterr().out.splitlines())

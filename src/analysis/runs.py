@@ -81,7 +81,10 @@ def load_run(client, run) -> RunData:
         raise CompareError(
             f"run {run.info.run_id}: no val_{data_loss(task)} history (not a training run of this project?)"
         )
-    return RunData(run.info.run_id, run.info.run_name or run.info.run_id, dict(run.data.params), history)
+    name = run.info.run_name or run.info.run_id
+    if run.info.status != FINISHED:  # a run named by ID may still be training, or have stopped: the table says so
+        name += f" ({run.info.status})"
+    return RunData(run.info.run_id, name, dict(run.data.params), history)
 
 
 def common_task(runs: Sequence[RunData]) -> str:

@@ -112,6 +112,8 @@ def validate(cfg: DictConfig) -> None:
         "Keras's fit silently drops XLA while op determinism is on; also set train.deterministic=false",
     )
     need(cfg.train.logical_cpus >= 1, "train.logical_cpus", "must be at least 1")
+    need(cfg.train.batch_size % cfg.train.logical_cpus == 0, "train.batch_size",
+         f"must be a multiple of train.logical_cpus={cfg.train.logical_cpus}: each replica takes an equal share")
     need(bool(cfg.mlflow.experiment_name.strip()), "mlflow.experiment_name", "must not be empty")
     need(cfg.mlflow.retry_seconds >= 0, "mlflow.retry_seconds", "must be 0 (no retry) or positive")
     need(cfg.mlflow.system_metrics_seconds >= 0.1, "mlflow.system_metrics_seconds", "must be at least 0.1")
