@@ -31,9 +31,18 @@ def test_evaluate_scores_the_run_and_logs_a_linked_run(make_cfg, tracking_uri, c
     (evaluation,) = [r for r in client.search_runs([client.get_run(result.run_id).info.experiment_id])
                      if r.data.tags.get(EVALUATED_RUN_TAG) == result.run_id]
     # the model scores the run's validation rows exactly as the run's own last epoch did (float32 there)
-    assert np.float32(evaluation.data.metrics["accuracy"]) == np.float32(history[-1].value)
-    assert 0 <= evaluation.data.metrics["auc"] <= 1 and evaluation.data.metrics["rows"] == 500
+    # under names of its own (eval_...), never the training runs' own: the charts keep them apart
+    assert np.float32(evaluation.data.metrics["eval_accuracy"]) == np.float32(history[-1].value)
+    assert 0 <= evaluation.data.metrics["eval_auc"] <= 1 and evaluation.data.metrics["eval_rows"] == 500
+    assert "accuracy" not in evaluation.data.metrics
     assert [a.path for a in client.list_artifacts(evaluation.info.run_id)] == ["roc.png"]
+    # nested under the run it scored, which points back; the scored rows are its dataset; the model shows the scores
+    scored = client.get_run(result.run_id)
+    assert evaluation.data.tags["mlflow.parentRunId"] == result.run_id and evaluation.info.status == "FINISHED"
+    assert scored.data.tags["last_evaluation_run_id"] == evaluation.info.run_id
+    assert [i.dataset.name for i in evaluation.inputs.dataset_inputs] == ["evaluation-validation rows 0:500"]
+    (model,) = [m for m in client.search_logged_models([scored.info.experiment_id]) if m.name == "model"]
+    assert {m.key for m in model.metrics} >= {"eval_accuracy", "eval_auc", "eval_binary_crossentropy"}
 
     # another slice, printed only; then the errors, one line each
     assert evaluate.main([result.run_id, "--tracking-uri", tracking_uri, "--rows", "600:900", "--no-log"]) == 0

@@ -194,6 +194,7 @@ def test_evaluate_scores_a_multiclass_and_a_regression_run_as_they_trained(task_
         evaluation = [r for r in all_runs(tracking_uri) if r.data.tags.get("evaluated_run_id") == result.run_id]
         figure = "confusion_matrix.png" if data == "digits" else "residuals.png"
         assert [a.path for a in MlflowClient(tracking_uri).list_artifacts(evaluation[0].info.run_id)] == [figure]
+        assert f"eval_{loss}" in evaluation[0].data.metrics
 
 
 def test_the_task_picks_the_loss_and_is_defaulted_by_the_data(task_cfg):

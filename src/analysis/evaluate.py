@@ -4,7 +4,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
@@ -118,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run = store.get_run(client, args.run_id, uri)
         cfg, _, _ = logged_config(client, run)
         x, y, described = evaluation_data(cfg, args.overrides, args.split, args.rows)
-        outputs = _predict(uri, args.run_id, args.model, x)
+        outputs, model_id = _predict(uri, args.run_id, args.model, x)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -132,27 +132,59 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"  {key:<20} {value:,.0f}" if key == "rows" else f"  {key:<20} {value:.6f}")
     if args.no_log:
         return 0
-    from mlflow.entities import Metric, Param
-
-    from src.analysis import plots
-    from src.tracking.provenance import source_tags
-
-    tags = {**source_tags("src.evaluate"), EVALUATED_RUN_TAG: args.run_id, EVALUATED_MODEL_TAG: args.model,
-            "mlflow.note.content": f"{args.model} of run {args.run_id} scored on {described} of {store.redact(source)}"}
-    new = client.create_run(run.info.experiment_id, run_name=name, tags=tags)
-    client.log_batch(new.info.run_id, metrics=[Metric(k, v, 0, 0) for k, v in values.items()],
-                     params=[Param("rows", described), Param("source", store.redact(str(source)))])
-    for artifact, figure in figures.items():
-        client.log_figure(new.info.run_id, figure, artifact)
-    plots.close(figures)
-    client.set_terminated(new.info.run_id)
-    print(f"logged as run {new.info.run_id} ({EVALUATED_RUN_TAG}={args.run_id})")
+    new_id = _log_evaluation(client, run, args.model, model_id, values, figures, described, str(source), x, y)
+    print(f"logged as run {new_id} ({EVALUATED_RUN_TAG}={args.run_id}), nested under it; the model's page shows "
+          f"its {EVAL_PREFIX}* metrics")
     return 0
 
 
-def _predict(uri: str, run_id: str, model_name: str, x: np.ndarray) -> np.ndarray:
-    """The logged model's outputs for `x` (probabilities, or a regression's values); a one-line error when the run
-    has no such model."""
+EVAL_PREFIX = "eval_"  # an evaluation's metrics: never the names training runs log (its charts would mix them)
+LAST_EVALUATION_TAG = "last_evaluation_run_id"  # on the scored run: its newest evaluation
+
+
+def _log_evaluation(client, run, model_name: str, model_id: Optional[str], values, figures, described: str,
+                    source: str, x: np.ndarray, y: np.ndarray) -> str:
+    """The evaluation as a run nested under the run it scored (which points back to it), with the scored rows as its
+    dataset and its metrics attached to the logged model too; ended FAILED if logging it fails half-way."""
+    import mlflow.data
+    from mlflow.entities import Metric, Param
+
+    from src.analysis import plots
+    from src.core import compat
+    from src.tracking.datasets import dataset_source, log_datasets
+    from src.tracking.provenance import source_tags
+    from src.tracking.store import PARENT_TAG
+
+    scored = mlflow.data.from_numpy(x, targets=y, source=dataset_source(source), name=f"evaluation-{described}",
+                                    digest=compat.numpy_dataset_digest(x, y))
+    note = (f"Evaluation of the logged model `{model_name}` of run [{run.info.run_name}](#/experiments/"
+            f"{run.info.experiment_id}/runs/{run.info.run_id}) on {described} of {store.redact(source)}: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+    tags = {**source_tags("src.evaluate"), EVALUATED_RUN_TAG: run.info.run_id, EVALUATED_MODEL_TAG: model_name,
+            PARENT_TAG: run.info.run_id, "mlflow.note.content": note}
+    new_id = client.create_run(run.info.experiment_id, run_name=f"evaluate-{run.info.run_name}-{model_name}",
+                               tags=tags).info.run_id
+    status = "FAILED"
+    try:
+        log_datasets(client, new_id, {"evaluation": scored})
+        now = int(__import__("time").time() * 1000)
+        metrics = [Metric(f"{EVAL_PREFIX}{k}", v, now, 0, model_id=model_id, dataset_name=scored.name,
+                          dataset_digest=scored.digest) for k, v in values.items()]
+        client.log_batch(new_id, metrics=metrics,
+                         params=[Param("rows", described), Param("source", store.redact(source))])
+        for artifact, figure in figures.items():
+            client.log_figure(new_id, figure, artifact)
+        client.set_tag(run.info.run_id, LAST_EVALUATION_TAG, new_id)
+        status = "FINISHED"
+    finally:
+        plots.close(figures)
+        client.set_terminated(new_id, status)
+    return new_id
+
+
+def _predict(uri: str, run_id: str, model_name: str, x: np.ndarray) -> Tuple[np.ndarray, Optional[str]]:
+    """The logged model's outputs for `x` (probabilities, or a regression's values) and its model ID; a one-line
+    error when the run has no such model."""
     import mlflow
     import mlflow.pyfunc
 
@@ -167,5 +199,6 @@ def _predict(uri: str, run_id: str, model_name: str, x: np.ndarray) -> np.ndarra
         raise TrackingError(f"run {run_id}: no logged model {model_name!r} ({first}); runs log one unless "
                             "mlflow.log_models=false") from None
     outputs = np.asarray(model.predict(x))
-    return outputs.reshape(-1) if outputs.ndim == 2 and outputs.shape[1] == 1 else outputs
+    model_id = getattr(model.metadata, "model_id", None)  # MLflow 3's logged model, which the metrics attach to
+    return (outputs.reshape(-1) if outputs.ndim == 2 and outputs.shape[1] == 1 else outputs), model_id
 
