@@ -68,6 +68,10 @@ def test_a_sweep_parent_explains_itself_and_holds_the_comparison_when_the_sweep_
             for c in children}
     assert parent.data.metrics["best_val_binary_crossentropy"] == min(best.values())
     assert parent.data.tags["best_run_id"] == min(best, key=best.get)
+    # its twin logged the same curve: both are named, said to be bit-identical
+    best_loop = next(c for c in children if c.info.run_id == parent.data.tags["best_run_id"]).info.run_name
+    fit, tape = best_loop.replace("tape-", "fit-", 1), best_loop.replace("fit-", "tape-", 1)
+    assert parent.data.tags["best_run_name"] == f"{fit} = {tape}, bit-identical"
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}
     assert {"compare/overlay_val_binary_crossentropy.png", "compare/table.txt"} <= logged  # before any src.compare
 

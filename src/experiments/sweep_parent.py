@@ -158,18 +158,22 @@ def summarize_on_parent(tracking_uri: str, run_id: str, sweep_dir: Path) -> None
     best_by = {objective(child.data.params.get("task", LEGACY_TASK)) for child in children}
     if len(best_by) != 1:  # no child yet, or children of several tasks: no loss they share to pick the best by
         return
-    best_by, best = best_by.pop(), None
+    best_by, best, curves = best_by.pop(), None, {}
     for child in children:
-        values = [m.value for m in mlflow_client.get_metric_history(child.info.run_id, best_by)]
+        values = [m.value for m in sorted(mlflow_client.get_metric_history(child.info.run_id, best_by),
+                                          key=lambda m: m.step)]
+        curves[child.info.run_id] = values
         if values and (best is None or min(values) < best[0]):
             best = (min(values), child)
     if best is None:
         return
     from mlflow.entities import Metric, RunTag
 
+    # bit-identical twins (fit and tape) are named together, not one of them picked as if it were better
+    twins = sorted(c.info.run_name for c in children if curves[c.info.run_id] == curves[best[1].info.run_id])
+    best_name = f"{' = '.join(twins)}, bit-identical" if len(twins) > 1 else best[1].info.run_name
     mlflow_client.log_batch(run_id, metrics=[Metric(f"best_{best_by}", best[0], int(time.time() * 1000), 0)],
-                            tags=[RunTag("best_run_id", best[1].info.run_id),
-                                  RunTag("best_run_name", best[1].info.run_name)])
+                            tags=[RunTag("best_run_id", best[1].info.run_id), RunTag("best_run_name", best_name[:5000])])
     comparison = compare_runs(tracking_uri, [run_id], out=sweep_dir / "compare")  # figures and table, logged on it
     if comparison.verdicts:  # the description states each pair's verdict in one line
         note = mlflow_client.get_run(run_id).data.tags.get(NOTE_TAG, "")
