@@ -43,6 +43,11 @@ def test_reproduction_is_bit_identical(make_cfg, tracking_uri, tmp_path):
     new = _new_run(client, original.run_id)
     assert new.info.run_id != original.run_id and new.info.status == "FINISHED"
     assert new.data.tags["reproduction_verdict"] == "identical"
+    # it says what it is: its name marks it, its description links the original and states the verdict
+    assert new.info.run_name == "fit-l2_dropout-tiny (reproduction)"
+    assert new.data.tags["mlflow.note.content"].startswith(
+        f"Reproduction of [fit-l2_dropout-tiny](#/experiments/{new.info.experiment_id}/runs/{original.run_id}): "
+        "identical: every value bit-identical")
     assert new.data.tags["reproduction_first_difference"] == "none"
     # the reproduction computed from the same config: same digest, same params (quiet aside)
     assert new.data.tags["config_digest"] == client.get_run(original.run_id).data.tags["config_digest"]

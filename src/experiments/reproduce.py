@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence
 from src.core.errors import UserError
 from src.core.interrupts import handle_interrupts
 from src.core.runstates import FAILED, FINISHED, KILLED
-from src.experiments.sweep_parent import create_parent_run, end_parent_run
+from src.experiments.sweep_parent import NOTE_TAG, create_parent_run, end_parent_run
 from src.experiments.verdict import (
     DIFFERS,
     IDENTICAL,
@@ -106,6 +106,10 @@ def reproduce_run(
     outcome.verdict = verdict
     for key, value in verdict.tags().items():
         client.set_tag(outcome.new_id, key, value)
+    # it says what it is: a name that marks it, and its verdict with a link to the original as its description
+    client.update_run(outcome.new_id, name=f"{original.info.run_name} (reproduction)")
+    link = f"[{original.info.run_name}](#/experiments/{original.info.experiment_id}/runs/{run_id})"
+    client.set_tag(outcome.new_id, NOTE_TAG, f"Reproduction of {link}: {verdict.summary()}")
     client.log_text(outcome.new_id, _report(outcome), VERDICT_ARTIFACT)
     return outcome
 
