@@ -70,6 +70,10 @@ def test_a_sweep_parent_explains_itself_and_holds_the_comparison_when_the_sweep_
     assert parent.data.tags["best_run_id"] == min(best, key=best.get)
     # its twin logged the same curve: both are named, said to be bit-identical
     best_loop = next(c for c in children if c.info.run_id == parent.data.tags["best_run_id"]).info.run_name
+    for child in children:  # each child says which job of which sweep it is, and its values
+        note = child.data.tags["mlflow.note.content"]
+        assert note.startswith(f"Job ") and f"of the sweep run `{parent.info.run_id}`" in note
+        assert f"`reg={child.data.params['reg.name']}`" in note and f"`loop={child.data.params['loop.name']}`" in note
     fit, tape = best_loop.replace("tape-", "fit-", 1), best_loop.replace("fit-", "tape-", 1)
     assert parent.data.tags["best_run_name"] == f"{fit} = {tape}, bit-identical"
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}

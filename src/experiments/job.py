@@ -18,7 +18,7 @@ from src.core.runstates import FAILED, FINISHED, KILLED, PRUNED
 from src.core.schema import CONFIG_DIR
 from src.experiments import search
 from src.experiments.sweep import JobResult
-from src.experiments.sweep_parent import find_parent_run_id
+from src.experiments.sweep_parent import NOTE_TAG, find_parent_run_id
 from src.experiments.train import train
 from src.tracking.store import CONFIG_DIRS_TAG
 
@@ -43,6 +43,10 @@ def run_job(cfg: DictConfig) -> Optional[dict]:
     try:
         reporter = search.trial_reporter(cfg.trial, OmegaConf.select(hydra_cfg, "sweeper"), cfg.task)
         tags = {**_config_dirs_tag(hydra_cfg), **(reporter.identity_tags() if reporter else {})}
+        if parent_run_id:  # a child says what it is: its job, its sweep, its values
+            tags[NOTE_TAG] = redact(f"Job {job.job} of the sweep run `{parent_run_id}` (its parent): "
+                                    + " ".join(f"`{o}`" for o in overrides if not o.startswith(("mlflow.", "hydra.")))
+                                    )[:5000]
         result = train(cfg, parent_run_id=parent_run_id, overrides=overrides, output_dir=output_dir,
                        on_epoch_end=[reporter] if reporter else [], extra_tags=tags)
         job.status, job.run_id, job.run_name, job.error = result.status, result.run_id, result.run_name, result.error
