@@ -32,6 +32,8 @@ def test_a_run_shows_its_source_user_and_readable_tags_and_samples_the_machine(m
     assert tags["mlflow.user"] == getpass.getuser() and len(tags["mlflow.source.git.commit"]) == 40
     assert not {"loop", "reg", "model"} & set(tags)  # they only repeated params
     assert tags["strategy"] == "default"
+    experiment = client.get_experiment(run.info.experiment_id)  # it says what it holds
+    assert experiment.tags["project"] == "overfit-lab" and "python -m src.compare" in experiment.tags["mlflow.note.content"]
     # each epoch's wall time sits with the machine's metrics, and only there
     timing = client.get_metric_history(result.run_id, "system/epoch_seconds")
     assert sorted(m.step for m in timing) == [0, 1, 2] and "epoch_seconds" not in run.data.metrics

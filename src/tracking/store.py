@@ -34,6 +34,14 @@ DATA_DIGEST_TAG = "data_sha256"  # every value of the training and validation ro
 CONFIG_DIRS_TAG = "config_dirs"  # a JSON list of the run's own config folders (--config-dir): where its options are
 CONFIG_ARTIFACT = "config.yaml"
 OVERRIDES_ARTIFACT = "overrides.yaml"
+# what a new experiment says it holds, in the UI's description and as a tag to find the project's experiments by
+EXPERIMENT_TAGS = {
+    "mlflow.note.content": "Runs of overfit-lab (`python -m src.train`): each training run logs its config as params, "
+                           "every epoch's metrics, its datasets, checkpoints and logged models; a sweep or search is a "
+                           "parent run with its jobs nested below. Compare them with `python -m src.compare`, rerun "
+                           "any with `python -m src.reproduce RUN_ID`.",
+    "project": "overfit-lab",
+}
 SWEEP_FILTER = f"tags.{SWEEP_TAG} = 'true'"
 # URI schemes MLflow tracks to (a driver may follow a `+`, as in postgresql+psycopg2)
 TRACKING_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
@@ -165,7 +173,7 @@ def experiment_id(tracking_uri: str, name: str, artifact_location: Optional[str]
                         name, experiment.artifact_location)
         return experiment.experiment_id
     try:
-        return mlflow_client.create_experiment(name, artifact_location=location)
+        return mlflow_client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except MlflowException:
         # another process created it between our lookup and our create
         experiment = mlflow_client.get_experiment_by_name(name)
