@@ -217,6 +217,11 @@ def test_two_workers_share_one_study_and_its_parent_run_and_a_study_resumes_by_n
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["trials_complete"] + parent.data.metrics["trials_pruned"] == 9
     assert parent.data.metrics["best_val_binary_crossentropy"] == study.best_value
+    # the continued search's parent stays true: it counts every trial, and no process's end left it "dead"
+    assert parent.info.run_name.startswith("search 9×") and ": 9 runs, nested below" in parent.data.tags[
+        "mlflow.note.content"]
+    assert "dead" not in parent.data.tags and "compare/" not in parent.data.tags["mlflow.note.content"]
+    assert parent.data.tags["optuna.best_trial"] == str(study.best_trial.number)
 
 
 

@@ -20,6 +20,7 @@ def record_study(study, objective: Objective, parent_run_id: str, tracking_uri: 
     from optuna.trial import TrialState
 
     mlflow_client = client(tracking_uri)
+    _recount(mlflow_client, parent_run_id, len(study.trials))
     names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
     counts = dict.fromkeys(names.values(), 0)
     for trial in study.trials:
@@ -72,3 +73,17 @@ def _study_figures(study) -> Dict[str, Any]:
         except Exception as exc:  # a figure is a nicety: never fail a finished search over one
             log.warning("optuna figure %s not made: %s", name, first_line(exc))
     return made
+
+
+def _recount(mlflow_client, parent_run_id: str, trials: int) -> None:
+    """The parent's name and description count every trial of the study: a continued search adds to them."""
+    import re
+
+    run = mlflow_client.get_run(parent_run_id)
+    name = re.sub(r"^search \d+×", f"search {trials}×", run.info.run_name or "")
+    if name != run.info.run_name:
+        mlflow_client.update_run(parent_run_id, name=name)
+    note = run.data.tags.get("mlflow.note.content", "")
+    renamed = re.sub(r"^\*\*search \d+×(.*?)\*\*: \d+ runs", lambda m: f"**search {trials}×{m.group(1)}**: {trials} runs", note)
+    if renamed != note:
+        mlflow_client.set_tag(parent_run_id, "mlflow.note.content", renamed)

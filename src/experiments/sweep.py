@@ -27,7 +27,7 @@ from src.experiments.sweep_parent import (
     summarize_on_parent,
     sweep_status,
 )
-from src.tracking.liveness import dead_reason
+from src.tracking.liveness import DEAD_TAG, HEARTBEAT_TAG, dead_reason, process_tags
 from src.tracking.store import PARENT_TAG, client, ensure_store, experiment_id
 
 JOB_RESULT_FILE = "job_result.json"
@@ -193,7 +193,16 @@ def _study_parent(hydra_cfg, tracking_uri: str) -> Optional[str]:
         return None
     run_id = study_parent_run(hydra_cfg.sweeper)
     if run_id is not None:
-        client(tracking_uri).update_run(run_id, status=RUNNING)
+        mlflow_client = client(tracking_uri)
+        # this process holds it now: its identity, so the dead-run check judges this process, not the one that
+        # made the parent (long gone); and whatever that process's end left behind is no longer true
+        for key, value in process_tags().items():
+            if key != HEARTBEAT_TAG:  # its jobs beat, not the parent
+                mlflow_client.set_tag(run_id, key, value)
+        for stale in (DEAD_TAG, "error"):
+            if stale in mlflow_client.get_run(run_id).data.tags:
+                mlflow_client.delete_tag(run_id, stale)
+        mlflow_client.update_run(run_id, status=RUNNING)
     return run_id
 
 

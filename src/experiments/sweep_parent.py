@@ -124,10 +124,19 @@ class SweepPlan:
             f"Command: `python -m src.train -m {' '.join([*self.fixed, *(f'{k}=' + ','.join(v) for k, v in self.axes.items())])}`\n\n"
             f"Swept:\n{swept}\n\nFixed: {' '.join(f'`{f}`' for f in self.fixed) or 'the defaults'} "
             f"(every other value is a param of this run).\n\n"
-            f"Comparison: the artifacts under `compare/` (the overlay of `{best_by}` and `table.txt`), written "
-            f"when the sweep ends; the best child is the metric `best_{best_by}` and the tag `best_run_name`. "
-            f"Again at any time: `python -m src.compare <this run's ID>`.\n\nFolder: `{sweep_dir}`"
+            + (self.searched_note() if self.name.startswith("search") else
+               f"Comparison: the artifacts under `compare/` (the overlay of `{best_by}` and `table.txt`), written "
+               f"when the sweep ends; the best child is the metric `best_{best_by}` and the tag `best_run_name`. "
+               f"Again at any time: `python -m src.compare <this run's ID>`.")
+            + f"\n\nFolder: `{sweep_dir}`"
         )
+
+    @staticmethod
+    def searched_note() -> str:
+        """What a search's parent holds once its batches are done (it has no compare/ artifacts)."""
+        return ("The study's summary, refreshed after every command that adds trials: the best trial's params as "
+                "`best.*` tags and `optuna.best_trial`, its value as a metric, the trial counts (`trials_complete`, "
+                "`trials_pruned`, `trials_failed`) and Optuna's figures under `optuna/`.")
 
 
 def _product(numbers) -> int:
