@@ -93,11 +93,15 @@ def test_a_search_prunes_hopeless_trials_and_records_the_best_on_its_parent_run(
         trial = study.trials[number]
         assert float(run.data.params["reg.l2"]) == trial.params["reg.l2"]  # the sampled value, exactly
         epochs = len(history(client, run.info.run_id, ["val_binary_crossentropy"])["val_binary_crossentropy"])
+        note = tags["mlflow.note.content"]  # it says what it is: its trial, its study, how it ended, its value
+        assert note.startswith(f"Trial {number} of the Optuna study `s`: ")
         if states[number] == "PRUNED":  # stopped after the epoch it was pruned at, as its own state
             assert epochs == int(tags["optuna.pruned_epoch"]) + 1 < 4
+            assert run.info.run_name.endswith(" (pruned)") and f"pruned after epoch {tags['optuna.pruned_epoch']}" in note
         else:
             val = history(client, run.info.run_id, ["val_binary_crossentropy"])["val_binary_crossentropy"]
             assert epochs == 4 and trial.value == min(val)
+            assert f"complete; best val_binary_crossentropy {trial.value:.6g}" in note
 
     best = study.best_trial
     assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("search ")

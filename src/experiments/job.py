@@ -20,7 +20,7 @@ from src.experiments import search
 from src.experiments.sweep import JobResult
 from src.experiments.sweep_parent import NOTE_TAG, find_parent_run_id
 from src.experiments.train import train
-from src.tracking.store import CONFIG_DIRS_TAG
+from src.tracking.store import CONFIG_DIRS_TAG, client
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ def run_job(cfg: DictConfig) -> Optional[dict]:
         job.status, job.run_id, job.run_name, job.error = result.status, result.run_id, result.run_name, result.error
         if reporter and reporter.pruned_epoch is not None and result.status == FINISHED:
             job.status = PRUNED
+            client(cfg.mlflow.tracking_uri).update_run(result.run_id, name=f"{result.run_name} (pruned)")
     except KeyboardInterrupt as exc:
         job.status, job.error = KILLED, "interrupted"
         job.run_id = exc.run_id if isinstance(exc, RunInterrupted) else None

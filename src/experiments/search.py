@@ -204,11 +204,13 @@ class TrialReporter:
     def __init__(self, trial, metric: str):
         self.trial, self.metric = trial, metric
         self.pruned_epoch: Optional[int] = None
+        self.values: List[float] = []  # the metric, epoch by epoch, as reported
 
     def __call__(self, epoch: int, metrics: Dict[str, float]) -> bool:
         value = metrics[self.metric]
         if not math.isfinite(value):
             return False  # the loop fails the run on a non-finite loss; a NaN metric is not a value to report
+        self.values.append(value)
         self.trial.report(value, epoch)
         if self.trial.should_prune():
             self.pruned_epoch = epoch
@@ -225,6 +227,11 @@ class TrialReporter:
         tags = {"optuna.state": "COMPLETE" if self.pruned_epoch is None else PRUNED}
         if self.pruned_epoch is not None:
             tags["optuna.pruned_epoch"] = str(self.pruned_epoch)
+        best = (min if self.trial.study.direction.name == "MINIMIZE" else max)(self.values) if self.values else None
+        ended = "complete" if self.pruned_epoch is None else f"pruned after epoch {self.pruned_epoch}"
+        tags["mlflow.note.content"] = (f"Trial {self.trial.number} of the Optuna study `{self.trial.study.study_name}`: "
+                                       f"{ended}; best {self.metric} {best:.6g}" if best is not None else
+                                       f"Trial {self.trial.number} of `{self.trial.study.study_name}`: {ended}")
         return tags
 
 
