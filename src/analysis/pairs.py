@@ -4,7 +4,7 @@ matching seeds, summary by summary, as rows, a table and the one-line verdicts a
 import math
 from typing import Dict, List, Sequence
 
-from src.analysis.report import SHORT, Group, ignored_in_groups, run_stats
+from src.analysis.report import Group, ignored_in_groups, run_stats, stats_columns
 from src.analysis.statistics import IDENTICAL, NOT_ENOUGH_SEEDS, one_key_pairs, paired_difference
 from src.core.metrics import HIGHER_IS_BETTER, data_loss
 
@@ -30,6 +30,7 @@ def pair_rows(groups: Sequence[Group], task: str) -> List[Dict]:
     rows = []
     for i, j, key in one_key_pairs(params, ignored_in_groups):
         b, a = groups[i], groups[j]
+        names = {json_key: column for column, (json_key, _) in stats_columns(task).items()}
         seeds_a = {r.params.get("seed"): r for r in a.runs}
         seeds_b = {r.params.get("seed"): r for r in b.runs}
         epochs = {len(r.history[f"val_{data_loss(task)}"]) for r in [*a.runs, *b.runs]}
@@ -44,26 +45,26 @@ def pair_rows(groups: Sequence[Group], task: str) -> List[Dict]:
         stats_b = [run_stats(seeds_b[s].history, task) for s in seeds] if not refused else []
         for summary in run_stats(a.runs[0].history, task):
             base = {"key": key, "a": _value_of(a, key), "b": _value_of(b, key), "a_label": a.label,
-                    "b_label": b.label, "summary": summary,
+                    "b_label": b.label, "summary": summary, "summary_name": names.get(summary, summary),
                     "label": f"{_key_name(key)}={_value_of(a, key)} vs {_value_of(b, key)}"}
             if refused:
                 rows.append({**base, "n_seeds": 0, "mean_diff": None, "ci95": None, "p_value": None,
                              "p_improvement": None, "verdict": refused})
                 continue
             difference = paired_difference([s[summary] for s in stats_a], [s[summary] for s in stats_b],
-                                           _higher_is_better(summary))
-            rows.append({**base, **difference.as_json()})
+                                           _higher_is_better(summary)).as_json()
+            if summary == "best_epoch" and difference["p_improvement"] is not None:  # later is neither better nor worse
+                difference["p_improvement"] = None
+                difference["verdict"] = {"a better": "a later", "b better": "a earlier"}.get(difference["verdict"],
+                                                                                          difference["verdict"])
+            rows.append({**base, **difference})
     return rows
 
 
 def verdict_line(row: Dict) -> str:
     """One pair's verdict on one summary, e.g. `reg=l2 vs none: best val_bce −0.0081 [−0.0102, −0.0060], p=0.031,
     P(better)=1.00 (5 seeds)`."""
-    what = row["summary"].replace("_", " ")
-    for long, short in SHORT.items():
-        what = what.replace(long.replace("_", " "), short)
-    what = what.replace("val ", "val_")
-    head = f"{row['label']}: {what}"
+    head = f"{row['label']}: {row['summary_name']}"
     if row["verdict"] == IDENTICAL:
         return f"{head} identical, bit for bit ({row['n_seeds']} seeds)"
     if row["verdict"] == NOT_ENOUGH_SEEDS:
@@ -92,8 +93,9 @@ def format_pairs(rows: Sequence[Dict], task: str) -> str:
     lines, last = ["paired differences a − b over matching seeds (95 % bootstrap CI; p: sign-flip permutation "
                    "test, Wilcoxon beyond 10 seeds; P(better): P(a better than b))"], None
     for row in rows:
-        if row["label"] != last:
+        pair = (row["label"], row["a_label"], row["b_label"])
+        if pair != last:
             lines.append(f"  {row['label']}  (a: {row['a_label']}, b: {row['b_label']})")
-            last = row["label"]
+            last = pair
         lines.append("    " + verdict_line(row).split(": ", 1)[1])
     return "\n".join(lines) + "\n"
