@@ -74,6 +74,13 @@ def test_a_sweep_parent_explains_itself_and_holds_the_comparison_when_the_sweep_
         note = child.data.tags["mlflow.note.content"]
         assert note.startswith(f"Job ") and f"of the sweep run `{parent.info.run_id}`" in note
         assert f"`reg={child.data.params['reg.name']}`" in note and f"`loop={child.data.params['loop.name']}`" in note
+    from urllib.parse import parse_qs, urlsplit
+
+    final_note = client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
+    link = final_note.split("[Its runs side by side](", 1)[1].split(")", 1)[0]  # MLflow's compare page, its children
+    query = parse_qs(urlsplit(link.replace("#/", "")).query)
+    assert link.startswith("http://127.0.0.1:5000/#/compare-runs?") and query["workflowType"] == ["machine_learning"]
+    assert sorted(json.loads(query["runs"][0])) == sorted(c.info.run_id for c in children)
     fit, tape = best_loop.replace("tape-", "fit-", 1), best_loop.replace("fit-", "tape-", 1)
     assert parent.data.tags["best_run_name"] == f"{fit} = {tape}, bit-identical"
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "compare")}

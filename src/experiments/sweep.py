@@ -118,6 +118,7 @@ class _SweepParent:
     sweep_dir: Path
     search: bool = False  # an Optuna search summarizes itself (src.experiments.study_summary)
     finished: bool = False
+    ui_url: str = "http://127.0.0.1:5000"  # mlflow.ui_url: the base of the links it prints
 
     @classmethod
     def start(cls, config: DictConfig) -> "_SweepParent":
@@ -137,7 +138,7 @@ class _SweepParent:
                                        tags={"sweep_dir": str(sweep_dir), NOTE_TAG: plan.note(sweep_dir, config.task)})
             log_shared_params(uri, run_id, config, plan.axes)
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": redact(uri)}))
-        parent = cls(uri, run_id, sweep_dir, search=is_search(hydra_cfg))
+        parent = cls(uri, run_id, sweep_dir, search=is_search(hydra_cfg), ui_url=config.mlflow.ui_url)
         atexit.register(parent.finish, completed=False)  # on_multirun_end is skipped when a job fails
         print(f"sweep parent run {run_id}", file=sys.stderr)
         return parent
@@ -155,7 +156,7 @@ class _SweepParent:
                 self._end_interrupted_jobs(results)
             elif not self.search:
                 try:
-                    summarize_on_parent(self.tracking_uri, self.run_id, self.sweep_dir)
+                    summarize_on_parent(self.tracking_uri, self.run_id, self.sweep_dir, self.ui_url)
                 except Exception as exc:  # a comparison is a nicety: the parent still ends, with its true state
                     print(f"sweep {self.run_id}: no comparison logged ({type(exc).__name__}: "
                           f"{redact(str(exc))[:200]})", file=sys.stderr)

@@ -1,6 +1,7 @@
 """A sweep's parent run: the one way it is made, found by its jobs, described, summarized and ended."""
 
 import json
+from urllib.parse import urlencode
 import sys
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from src.core.redaction import redact
 from src.core.runstates import FAILED, FINISHED, KILLED, PRUNED, RUNNING, SKIPPED
 from src.tracking.liveness import HEARTBEAT_TAG, process_tags
 from src.tracking.provenance import flat_params, source_tags
+from src.tracking.run import ui_link
 from src.tracking.store import PARENT_TAG, SWEEP_OVERRIDES_TAG, SWEEP_TAG, client
 
 PARENT_RUN_FILE = "mlflow_parent_run.json"
@@ -158,8 +160,9 @@ def log_shared_params(tracking_uri: str, run_id: str, config: DictConfig, axes: 
         client(tracking_uri).log_batch(run_id, params=items[i:i + 100])
 
 
-def summarize_on_parent(tracking_uri: str, run_id: str, sweep_dir: Path) -> None:
-    """At a sweep's end: `src.compare`'s figures and table on the parent, and its best child as metric and tags."""
+def summarize_on_parent(tracking_uri: str, run_id: str, sweep_dir: Path, ui_url: str = "http://127.0.0.1:5000") -> None:
+    """At a sweep's end: `src.compare`'s figures and table on the parent, its best child as metric and tags, and a
+    link to MLflow's compare page for exactly its children."""
     mlflow_client = client(tracking_uri)
     children = mlflow_client.search_runs(
         [mlflow_client.get_run(run_id).info.experiment_id],
@@ -184,14 +187,18 @@ def summarize_on_parent(tracking_uri: str, run_id: str, sweep_dir: Path) -> None
     mlflow_client.log_batch(run_id, metrics=[Metric(f"best_{best_by}", best[0], int(time.time() * 1000), 0)],
                             tags=[RunTag("best_run_id", best[1].info.run_id), RunTag("best_run_name", best_name[:5000])])
     comparison = compare_runs(tracking_uri, [run_id], out=sweep_dir / "compare")  # figures and table, logged on it
+    experiment = children[0].info.experiment_id
+    link = ui_link(tracking_uri, ui_url, "#/compare-runs?" + urlencode(
+        {"runs": json.dumps([c.info.run_id for c in children]), "experiments": json.dumps([experiment])}))
+    note = mlflow_client.get_run(run_id).data.tags.get(NOTE_TAG, "") + f"\n\n[Its runs side by side]({link})"
     if comparison.verdicts:  # the description states each pair's verdict in one line
-        note = mlflow_client.get_run(run_id).data.tags.get(NOTE_TAG, "")
         verdicts = "\n".join(f"- {line}" for line in comparison.verdicts)
-        mlflow_client.set_tag(run_id, NOTE_TAG, redact(
-            f"{note}\n\n**Is the difference real?** Paired over matching seeds, 95 % bootstrap intervals "
-            f"(every summary: `compare/table.txt`):\n{verdicts}")[:5000])
+        note += (f"\n\n**Is the difference real?** Paired over matching seeds, 95 % bootstrap intervals "
+                 f"(every summary: `compare/table.txt`):\n{verdicts}")
+    mlflow_client.set_tag(run_id, NOTE_TAG, redact(note)[:5000])
     print(comparison.table, end="", file=sys.stderr)
     print(comparison.report_lines(), file=sys.stderr)
+    print(f"its runs side by side: {redact(link)}", file=sys.stderr)
 
 
 def is_search(hydra_cfg) -> bool:

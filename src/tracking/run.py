@@ -150,13 +150,21 @@ class TrackedRun:
 
     def ui_hint(self) -> str:
         """Where to see the run: the tracking server's own UI, or `make ui` (at mlflow.ui_url) over a local store."""
-        # the query opens MLflow 3's "Model training" pages in a fresh browser (else its GenAI pages)
-        page = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
+        link = ui_link(self.tracking_uri, self.ui_url, f"#/experiments/{self.experiment_id}/runs/{self.run_id}")
         if self.tracking_uri.startswith(("http://", "https://")):
-            parts = urlsplit(self.tracking_uri)
-            host = parts.hostname + (f":{parts.port}" if parts.port else "")  # never the credentials
-            return f"MLflow run ID {self.run_id}: {parts.scheme}://{host}{parts.path.rstrip('/')}/{page}"
-        return f"MLflow run ID {self.run_id}: open it with `make ui`, then {self.ui_url.rstrip('/')}/{page}"
+            return f"MLflow run ID {self.run_id}: {link}"
+        return f"MLflow run ID {self.run_id}: open it with `make ui`, then {link}"
+
+
+def ui_link(tracking_uri: str, ui_url: str, page: str) -> str:
+    """A page of the MLflow UI that shows this store: the tracking server's own, else `make ui`'s at `ui_url`. The
+    workflow type opens MLflow 3's "Model training" pages in a fresh browser (else its GenAI pages)."""
+    page += ("&" if "?" in page else "?") + "workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        parts = urlsplit(tracking_uri)
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")  # never the credentials
+        return f"{parts.scheme}://{host}{parts.path.rstrip('/')}/{page}"
+    return f"{ui_url.rstrip('/')}/{page}"
 
 
 class UntrackedRun:
