@@ -40,7 +40,7 @@ def write_figures(groups: Sequence[Group], out_dir: Path, title: str, task: str 
     best = [p for p in pairs if p["summary"] == f"best_val_{data_loss(task)}"]
     if best:
         figures[f"pairs_best_val_{data_loss(task)}.png"] = plots.forest_figure(
-            best, f"paired differences a − b of best val_{data_loss(task)}, {title}")
+            best, f"paired differences a − b of the best {title}")
     written = [Path(p) for p in plots.save(figures, out_dir)]
     for i, group in enumerate(groups, start=1):
         panels = plots.curve_figures(group.histories, group.label, task)
@@ -52,7 +52,7 @@ def write_figures(groups: Sequence[Group], out_dir: Path, title: str, task: str 
 def _sweep_title(parent) -> str:
     """`sweep reg=none,l2 loop=fit,tape`: the swept overrides only, not the fixed ones."""
     overrides = parent.data.tags.get(store.SWEEP_OVERRIDES_TAG, "").split()
-    swept = [o for o in overrides if "," in o.split("=", 1)[-1]]
+    swept = [o for o in overrides if re.search(r",|^(range|choice|interval|glob|tag)\(", o.split("=", 1)[-1])]
     return f"sweep {' '.join(swept) or parent.info.run_id}"
 
 

@@ -161,9 +161,11 @@ def _finish(ax, drawn: List[np.ndarray]) -> None:
             if peak > limits[1]:
                 ax.set_ylabel(f"{ax.get_ylabel()}  (clipped: first epochs reach {peak:.3g})")
     handles, _ = ax.get_legend_handles_labels()
-    if len(handles) > 4:
+    if len(handles) > 4:  # beside the axes, the figure widened for it so the curves keep their room
+        width = max(len(label) for label in ax.get_legend_handles_labels()[1])
+        ax.figure.set_size_inches(8 + 0.075 * width, 5)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-        ax.figure.tight_layout()
+        ax.figure.set_layout_engine("constrained")
     elif handles:
         ax.legend(loc="best")
 
@@ -232,7 +234,7 @@ def forest_figure(rows: Sequence[Mapping], title: str) -> Figure:
     """The paired differences a − b of one summary with their 95 % intervals, one line per pair of groups; the
     dashed line is no difference. Identical twins sit on it as a diamond; pairs without enough seeds are named."""
     fig, ax = plt.subplots(figsize=(10, 1.4 + 0.45 * max(1, len(rows))), layout="constrained")  # room for the labels
-    ax.set_title("\n".join(textwrap.wrap(title, 80)) or title)
+    fig.suptitle("\n".join(textwrap.wrap(title, 110)) or title)  # the whole width: the labels take the left
     for y, row in enumerate(rows):
         if row["ci95"] is not None and row["verdict"] != "identical":
             low, high = row["ci95"]
@@ -242,7 +244,7 @@ def forest_figure(rows: Sequence[Mapping], title: str) -> Figure:
             ax.plot(0.0, y, marker="D", color="C2")
     ax.axvline(0.0, color="grey", linestyle="--")
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([f"{r['label']} ({r['verdict']}, {r['n_seeds']} seeds)" for r in rows], fontsize=8)
+    ax.set_yticklabels([f"{r['label']}: {r['a_label']} − {r['b_label']} ({r['verdict']})" for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("a − b (95 % bootstrap interval over matching seeds)")
     ax.grid(True, axis="x", alpha=0.4)
