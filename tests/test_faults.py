@@ -267,13 +267,14 @@ def test_a_diverging_job_under_joblib_is_data_and_the_others_finish(tmp_path, hi
     """Its exception once could not cross the process boundary, crashing the pool and every other job."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = subprocess.run(cli(
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "train.learning_rate=inf,0.001,0.002", "model=tiny",
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "train.learning_rate=1e30,0.001,0.002", "model=tiny",
         "train.epochs=2", f"data.path={higgs_file}", "data.n_validation=500", "data.n_train=1000", "quiet=true",
         f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={tmp_path}/art", f"hydra.sweep.dir={tmp_path}/sweep",
     ), cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     runs = {r.data.params.get("train.learning_rate"): r for r in all_runs(uri) if r.data.tags.get("sweep") != "true"}
-    assert runs["inf"].info.status == "FAILED" and "diverged" in runs["inf"].data.tags["error"]
+    # a finite rate that diverges in training (an infinite one is refused before any run exists)
+    assert runs["1e+30"].info.status == "FAILED" and "diverged" in runs["1e+30"].data.tags["error"]
     assert runs["0.001"].info.status == runs["0.002"].info.status == "FINISHED"
     assert "1 FAILED, 2 FINISHED" in proc.stderr
 
