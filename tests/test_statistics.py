@@ -87,7 +87,7 @@ def test_a_three_seed_sweep_states_its_verdicts_on_its_parent_and_in_compares_js
         "sweep": "true", "sweep_overrides": "seed=0,1,2 reg=none,l2", "mlflow.note.content": "**sweep**"}).info.run_id
     runs = {(reg, seed): train(make_cfg(f"seed={seed}", f"reg={reg}", "model=tiny", "train.epochs=3"),
                                parent_run_id=parent_id).run_id for reg in ("none", "l2") for seed in (0, 1, 2)}
-    summarize_on_parent(tracking_uri, parent_id, tmp_path / "sweep")
+    summarize_on_parent(tracking_uri, parent_id, tmp_path / "sweep", "http://127.0.0.1:5000")
     note = client.get_run(parent_id).data.tags["mlflow.note.content"]
     (line,) = [line for line in note.splitlines() if line.startswith("- reg=l2 vs none: best val_bce ")]
     assert line.endswith("(3 seeds)") and "p=" in line and "P(better)=" in line

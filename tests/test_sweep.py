@@ -72,7 +72,7 @@ def test_a_sweep_parent_explains_itself_and_holds_the_comparison_when_the_sweep_
     best_loop = next(c for c in children if c.info.run_id == parent.data.tags["best_run_id"]).info.run_name
     for child in children:  # each child says which job of which sweep it is, and its values
         note = child.data.tags["mlflow.note.content"]
-        assert note.startswith(f"Job ") and f"of the sweep run `{parent.info.run_id}`" in note
+        assert note.startswith("Job ") and f"of the sweep run `{parent.info.run_id}`" in note
         assert f"`reg={child.data.params['reg.name']}`" in note and f"`loop={child.data.params['loop.name']}`" in note
     from urllib.parse import parse_qs, urlsplit
 

@@ -4,6 +4,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -12,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.core.errors import ConfigError, TrackingError, UserError, first_line
 from src.analysis.scores import task_scores
+from src.data.higgs import HIGGS_LOADER
 from src.tracking import store
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ def evaluation_data(cfg: DictConfig, overrides: Sequence[str], split: str, rows:
             first = first_line(exc)
             raise ConfigError(f"{override}: {first}") from None
     start, end = _row_range(rows) if rows is not None else (None, None)
-    if "url" not in data:  # not HIGGS: the loader's rows, validation first (as HIGGS's file has them)
+    if data._target_ != HIGGS_LOADER:  # the loader's rows, validation first (as HIGGS's file has them)
         return _loaded_rows(cfg, split, rows, start, end)
     from src.data.higgs import source_rows
 
@@ -167,7 +169,7 @@ def _log_evaluation(client, run, model_name: str, model_id: Optional[str], value
     status = "FAILED"
     try:
         log_datasets(client, new_id, {"evaluation": scored})
-        now = int(__import__("time").time() * 1000)
+        now = int(time.time() * 1000)
         metrics = [Metric(f"{EVAL_PREFIX}{k}", v, now, 0, model_id=model_id, dataset_name=scored.name,
                           dataset_digest=scored.digest) for k, v in values.items()]
         client.log_batch(new_id, metrics=metrics,

@@ -62,8 +62,8 @@ def pair_rows(groups: Sequence[Group], task: str) -> List[Dict]:
 
 
 def verdict_line(row: Dict) -> str:
-    """One pair's verdict on one summary, e.g. `reg=l2 vs none: best val_bce −0.0081 [−0.0102, −0.0060], p=0.031,
-    P(better)=1.00 (5 seeds)`."""
+    """One pair's verdict on one summary, e.g. `reg=dropout vs none: best val_bce −0.0076 [−0.0118, −0.0042],
+    p=0.0625, P(better)=0.92 (5 seeds)`."""
     head = f"{row['label']}: {row['summary_name']}"
     if row["verdict"] == IDENTICAL:
         return f"{head} identical, bit for bit ({row['n_seeds']} seeds)"

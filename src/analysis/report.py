@@ -33,8 +33,6 @@ def stats_columns(task: str) -> Dict[str, Tuple[str, int]]:
     }
 
 
-STATS = stats_columns(LEGACY_TASK)  # the tutorial's columns
-
 History = Dict[str, List[float]]
 
 

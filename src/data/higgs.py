@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+HIGGS_LOADER = "src.data.higgs.load"  # data=higgs's _target_: rows of a file in the UCI layout, by line
 DOWNLOADS = "downloads"  # data.cache_dir's folder for whole-file downloads
 
 

@@ -9,7 +9,7 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
-from src.core.errors import ConfigError, DataError
+from src.core.errors import ConfigError, DataError, first_line
 from src.data.splits import Splits
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -73,8 +73,8 @@ def _column_names(file: Path) -> List[str]:
         with pyarrow.csv.open_csv(file) as reader:  # the header and the first block only
             return list(reader.schema.names)
     except Exception as exc:  # pyarrow's ArrowInvalid and the like: not a table it can read
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"data.path: {file}: not a CSV file with a header row, or a Parquet file ({first})") from None
+        raise DataError(f"data.path: {file}: not a CSV file with a header row, or a Parquet file "
+                        f"({first_line(exc)})") from None
 
 
 def _parse(file: Path, label: str, features: List[str]) -> Iterator[np.ndarray]:
@@ -93,8 +93,7 @@ def _parse(file: Path, label: str, features: List[str]) -> Iterator[np.ndarray]:
         else:
             table = pyarrow.csv.read_csv(file, convert_options=pyarrow.csv.ConvertOptions(include_columns=wanted))
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"{file}: cannot be read as a table ({first})") from None
+        raise DataError(f"{file}: cannot be read as a table ({first_line(exc)})") from None
 
     def where(row: int) -> str:  # a CSV's line (its header is line 1), a Parquet file's row
         return f"row {row}" if parquet else f"line {row + 2}"

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.core import compat
 from src.core.errors import ConfigError, first_line
@@ -88,8 +88,6 @@ def _range_values(sweep) -> List[Any]:
 def check_space(config: DictConfig, arguments: Sequence[str], params: Dict[str, str]) -> None:
     """The search space checked before a parent run or a study exists: every range well-formed, every key one the
     config has (`+key` adds one on purpose)."""
-    from omegaconf import OmegaConf
-
     _, space = search_space(arguments, params)
     absent = object()
     for key in space:

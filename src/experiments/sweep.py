@@ -116,9 +116,9 @@ class _SweepParent:
     tracking_uri: str
     run_id: str
     sweep_dir: Path
+    ui_url: str  # mlflow.ui_url: the base of the links it prints
     search: bool = False  # an Optuna search summarizes itself (src.experiments.study_summary)
     finished: bool = False
-    ui_url: str = "http://127.0.0.1:5000"  # mlflow.ui_url: the base of the links it prints
 
     @classmethod
     def start(cls, config: DictConfig) -> "_SweepParent":
@@ -138,7 +138,7 @@ class _SweepParent:
                                        tags={"sweep_dir": str(sweep_dir), NOTE_TAG: plan.note(sweep_dir, config.task)})
             log_shared_params(uri, run_id, config, plan.axes)
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": redact(uri)}))
-        parent = cls(uri, run_id, sweep_dir, search=is_search(hydra_cfg), ui_url=config.mlflow.ui_url)
+        parent = cls(uri, run_id, sweep_dir, config.mlflow.ui_url, search=is_search(hydra_cfg))
         atexit.register(parent.finish, completed=False)  # on_multirun_end is skipped when a job fails
         print(f"sweep parent run {run_id}", file=sys.stderr)
         return parent

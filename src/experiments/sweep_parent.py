@@ -160,7 +160,7 @@ def log_shared_params(tracking_uri: str, run_id: str, config: DictConfig, axes: 
         client(tracking_uri).log_batch(run_id, params=items[i:i + 100])
 
 
-def summarize_on_parent(tracking_uri: str, run_id: str, sweep_dir: Path, ui_url: str = "http://127.0.0.1:5000") -> None:
+def summarize_on_parent(tracking_uri: str, run_id: str, sweep_dir: Path, ui_url: str) -> None:
     """At a sweep's end: `src.compare`'s figures and table on the parent, its best child as metric and tags, and a
     link to MLflow's compare page for exactly its children."""
     mlflow_client = client(tracking_uri)
