@@ -78,9 +78,15 @@ def test_mlflows_serving_input_check_is_skipped_inside_the_block_only():
 
     check = model_utils._validate_serving_input
     assert list(inspect.signature(check).parameters) == ["model_uri", "serving_input"]  # what Model.log passes
+    import mlflow.utils.environment as environment
+
+    requirements_check = environment.warn_dependency_requirement_mismatches
+    assert list(inspect.signature(requirements_check).parameters) == ["model_requirements"]  # one list, as called
     with compat.serving_input_check_skipped():
         assert model_utils._validate_serving_input("runs:/none/model", "{}") is None
+        assert environment.warn_dependency_requirement_mismatches(["keras==0.0.1"]) is None
     assert model_utils._validate_serving_input is check
+    assert environment.warn_dependency_requirement_mismatches is requirements_check
 
 
 @pytest.mark.slow  # ~40 s: a 4-run sweep in a fresh process

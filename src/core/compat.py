@@ -162,7 +162,8 @@ def import_tensorflow() -> None:
 
 @contextmanager
 def serving_input_check_skipped() -> Iterator[None]:
-    """MLflow's `log_model` without its check that the saved model serves its input example (~0.45 s a model).
+    """MLflow's `log_model` without its checks that the saved model serves its input example (~0.45 s a model) and
+    that this environment satisfies the model's requirements.
 
     The check reloads the model just saved and predicts on the example; a failure only logs a
     warning, never fails the logging. That these models load and score is tested here instead
@@ -170,13 +171,19 @@ def serving_input_check_skipped() -> Iterator[None]:
     for the block is enough.
     """
     import mlflow.models.utils as model_utils
+    import mlflow.utils.environment as environment
 
     check = model_utils._validate_serving_input
     model_utils._validate_serving_input = lambda model_uri, serving_input: None
+    # and its check that the running environment has the model's requirements (~80 ms a model, reading every
+    # installed package's metadata): they are this environment's own versions (TrackedRun.log_model)
+    requirements_check = environment.warn_dependency_requirement_mismatches
+    environment.warn_dependency_requirement_mismatches = lambda requirements: None
     try:
         yield
     finally:
         model_utils._validate_serving_input = check
+        environment.warn_dependency_requirement_mismatches = requirements_check
 
 
 def sublayers(model) -> list:

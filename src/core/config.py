@@ -15,7 +15,7 @@ from src.core.schema import ALL_ROWS, CONFIG_DIR, LOOP_SCHEMAS
 # Keys (and whole sections) that do not change what a run computes: left out of its config digest. (data.task and
 # data.batch_size are only the defaults of `task` and `train.batch_size`, which are in it.)
 NON_SEMANTIC_KEYS = ("mlflow", "quiet", "resume", "trial", "train.checkpoint_every", "train.collective_timeout_seconds",
-                     "data.cache_dir", "data.timeout_seconds", "data.task", "data.batch_size")
+                     "train.reuse_compiled", "data.cache_dir", "data.timeout_seconds", "data.task", "data.batch_size")
 # Keys that came after runs were first logged, at the value those runs had without them: a key at that value is left
 # out of the digest too, so a tutorial run's config digest is the one it had before (resume and reproduce find it).
 LEGACY_VALUES = {

@@ -205,6 +205,8 @@ class TrainConfig:
     logical_cpus: int = MISSING  # the CPU split into this many devices (replicas)
     collective_timeout_seconds: float = MISSING  # multi_worker: how long a worker waits for the others at a step
     checkpoint_every: int = MISSING  # epochs between saved checkpoints; 0: only when interrupted
+    # a job whose graph an earlier job of the process traced trains on that compiled model (src.training.reuse)
+    reuse_compiled: bool = MISSING
 
 
 @dataclass

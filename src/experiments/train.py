@@ -19,7 +19,7 @@ from src.tracking.provenance import config_digest
 from src.tracking.resume import ResumePoint, resume_point
 from src.tracking.run import Run, RunResult
 from src.tracking.store import DATA_DIGEST_TAG, client, ensure_store, finished_run_with_digest
-from src.training import checkpoints, runtime
+from src.training import checkpoints, reuse, runtime
 from src.training.monitor import EpochMonitor
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def train(
         monitor = fit(job, built, run, on_epoch_end)
         log_results(job, built, run, monitor, on_epoch_end)
     if run.result.status == FINISHED:
+        reuse.keep(built.graph, built.model)
         log.info("%s FINISHED. %s", job.name, run.ui_hint())
     return run.result
 
@@ -82,8 +83,9 @@ class Built:
     devices: List[str]
     train_ds: Any
     val_ds: Any
-    model: Any
+    model: Any  # freshly built, or a compiled one of an earlier job holding the fresh one's state
     steps_per_epoch: int
+    graph: Optional[str] = None  # the key the model is kept under for the next job with its graph
 
 
 def prepare(cfg: DictConfig, output_dir: Optional[Path]) -> Job:
@@ -146,7 +148,8 @@ def build(job: Job) -> Built:
     with strategy.scope():
         model = build_model(cfg.model, cfg.reg, job.splits.x_train.shape[1:],
                             task.n_outputs(job.splits.y_train, job.splits.y_val))
-    return Built(strategy, devices, train_ds, val_ds, model, steps_per_epoch)
+    graph = reuse.graph_key(cfg, job.splits, steps_per_epoch, strategy)
+    return Built(strategy, devices, train_ds, val_ds, reuse.take(graph, model), steps_per_epoch, graph)
 
 
 def track(job: Job, built: Built, *, parent_run_id: Optional[str], overrides: Optional[Sequence[str]],

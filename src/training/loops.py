@@ -25,6 +25,7 @@ from src.training.loop_settings import (
     make_optimizer,
     steps_per_call,
 )
+from src.training.programs import TAPE_PROGRAM, TapeProgram, remember_optimizer, reset_optimizer
 
 log = logging.getLogger(__name__)
 # Epoch summaries go to the job log file only (conf/config.yaml routes this
@@ -104,19 +105,21 @@ def run_fit(
     """Keras `model.fit`, which adds `sum(model.losses)` to the objective by itself."""
     replicas = settings.strategy.num_replicas_in_sync
     with settings.strategy.scope():
-        model.compile(
-            optimizer=make_optimizer(settings),
-            loss=settings.task.loss(),
-            metrics=settings.task.metrics(),
-            jit_compile=settings.jit_compile,
-            # many steps per call into the runtime (a tf.while_loop over the iterator): Keras's per-step Python
-            # work and host syncs were a tenth of fit's epoch. Not with several replicas: Keras's multi-step
-            # function then fails ("You must feed a value for placeholder tensor", KERAS_MULTI_STEP_ISSUE); the
-            # tape loop's own multi-step function does not.
-            steps_per_execution=steps_per_call(settings.steps_per_epoch) if replicas == 1 else 1,
-        )
+        if not reset_optimizer(model):  # a model an earlier job compiled (src.training.reuse) keeps its traces
+            model.compile(
+                optimizer=make_optimizer(settings),
+                loss=settings.task.loss(),
+                metrics=settings.task.metrics(),
+                jit_compile=settings.jit_compile,
+                # many steps per call into the runtime (a tf.while_loop over the iterator): Keras's per-step Python
+                # work and host syncs were a tenth of fit's epoch. Not with several replicas: Keras's multi-step
+                # function then fails ("You must feed a value for placeholder tensor", KERAS_MULTI_STEP_ISSUE); the
+                # tape loop's own multi-step function does not.
+                steps_per_execution=steps_per_call(settings.steps_per_epoch) if replicas == 1 else 1,
+            )
+            model.optimizer.build(model.trainable_variables)  # fit would build it at the first step, as zeros
+            remember_optimizer(model, model.optimizer)
         if settings.restore is not None:
-            model.optimizer.build(model.trainable_variables)  # fit would build it at the first step
             settings.restore(model, model.optimizer)
     model.fit(
         train_ds,
@@ -142,83 +145,17 @@ def run_tape(
     train metrics from the training-mode forward pass before the update;
     accuracy thresholded at logit 0; and compiled with `tf.function`, many steps per call.
     """
-    strategy, include_reg_loss = settings.strategy, cfg.include_reg_loss
-    replicas = strategy.num_replicas_in_sync
-    with strategy.scope():
-        per_example_loss = settings.task.loss(reduction=None)
-        optimizer = make_optimizer(settings)
-        # Slots now, as fit does: variables created inside a distributed tf.function fail.
-        optimizer.build(model.trainable_variables)
-        if settings.restore is not None:
+    strategy = settings.strategy
+    program = getattr(model, TAPE_PROGRAM, None)
+    if program is None or not reset_optimizer(model):  # a kept model (src.training.reuse) keeps its traces
+        program = TapeProgram.build(model, cfg, settings)
+        setattr(model, TAPE_PROGRAM, program)
+    optimizer, train_steps = program.optimizer, program.train_steps
+    train_loss, val_loss, train_metrics, val_metrics = program.metrics
+    distributed_train_step, distributed_test_step = program.train_step, program.test_step
+    if settings.restore is not None:
+        with strategy.scope():
             settings.restore(model, optimizer)
-        train_loss, val_loss = keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="val_loss")
-        train_metrics, val_metrics = settings.task.metrics(), settings.task.metrics()
-
-    def objective(y, logits):
-        """This replica's share of the loss; the replicas' gradients are summed."""
-        # The data loss is averaged over the *global* batch, and each penalty is
-        # divided by the replica count: summed over replicas, the penalty then
-        # counts once. Skip either and the penalty is silently scaled (the
-        # article's question, one level up).
-        data_loss = tf.nn.compute_average_loss(per_example_loss(y, logits))
-        if not (include_reg_loss and model.losses):
-            return data_loss
-        penalties = [tf.nn.scale_regularization_loss(loss) for loss in model.losses]
-        # The article's fix, `loss + sum(model.losses)`, summed the way Keras's
-        # compute_loss does (one reduce_sum over [data_loss, *penalties]) so the
-        # reported loss matches fit's to the last bit.
-        return tf.reduce_sum(tf.stack([data_loss, *penalties]))
-
-    def train_step(x, y):
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)
-            loss = objective(y, logits)
-        gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        # Like fit: metrics of the forward pass that produced the gradients,
-        # the loss reported unscaled (as one replica would see it).
-        train_loss.update_state(loss * replicas, sample_weight=tf.shape(x)[0])
-        for metric in train_metrics:
-            metric.update_state(y, logits)
-
-    def test_step(x, y):
-        logits = model(x, training=False)
-        val_loss.update_state(objective(y, logits) * replicas, sample_weight=tf.shape(x)[0])
-        for metric in val_metrics:
-            metric.update_state(y, logits)
-
-    def distributed_train_step(x, y):
-        strategy.run(train_step, args=(x, y))
-
-    def distributed_test_step(x, y):
-        strategy.run(test_step, args=(x, y))
-
-    def train_steps(iterator, steps):
-        """`steps` training steps from the run's iterator, in one call into the runtime (fit's steps_per_execution).
-
-        Built as Keras builds fit's multi-step function: a tf.while_loop calling the compiled step, which fetches
-        the next batch only while steps remain (the run's one iterator must not run ahead of the epoch: a resumed
-        run starts at its first unseen batch). Measured against one call per step, alternating in one process:
-        epochs 9 % shorter, on a par with fit.
-        """
-        def has_steps_left(done, batch):
-            return tf.logical_and(tf.less(done, steps), batch.has_value())
-
-        def one_step(done, batch):
-            x, y = batch.get_value()
-            distributed_train_step(x, y)
-            following = tf.cond(tf.less(done + 1, steps), iterator.get_next_as_optional, lambda: batch)
-            return done + 1, following
-
-        tf.while_loop(has_steps_left, one_step, loop_vars=[tf.constant(0), iterator.get_next_as_optional()])
-
-    # Fresh functions per call: a tf.function that has created variables for one
-    # model/optimizer must not be reused with another (sequential multiruns).
-    if cfg.compile:
-        jit = settings.jit_compile  # the step only: the iterator's ops cannot be compiled
-        distributed_train_step = tf.function(distributed_train_step, jit_compile=jit, reduce_retracing=True)
-        distributed_test_step = tf.function(distributed_test_step, jit_compile=jit, reduce_retracing=True)
-        train_steps = tf.function(tf.autograph.experimental.do_not_convert(train_steps), reduce_retracing=True)
     multi_step = cfg.compile
     per_call = MAX_STEPS_PER_CALL if multi_step else 1
 
@@ -258,3 +195,4 @@ def run_tape(
     finally:
         bar.close()
     _end_training(model, settings)
+

@@ -1,0 +1,57 @@
+"""A job that trains on the compiled model an earlier job of the process left (src.training.reuse) computes exactly
+what a fresh process computes, and only a job with the same graph gets one."""
+
+import pytest
+
+from src.experiments.train import train
+from src.training import reuse
+
+
+@pytest.fixture(autouse=True)
+def nothing_kept():
+    reuse.forget()
+    yield
+    reuse.forget()
+
+
+@pytest.mark.parametrize("loop", ["fit", "tape"])
+def test_a_kept_model_trains_bit_identical_to_a_fresh_one(make_cfg, loop):
+    # dropout (its random generator's state) and L2 (the penalty in the graph), with the tape loop adding it
+    overrides = [f"loop={loop}", "reg=l2_dropout", "loop.include_reg_loss=true"] if loop == "tape" else \
+        [f"loop={loop}", "reg=l2_dropout"]
+    fresh = train(make_cfg(*overrides, "seed=1")).history
+    (fresh_model,) = reuse._kept.values()
+
+    reuse.forget()
+    train(make_cfg(*overrides, "seed=0", "train.epochs=3"))  # another seed and length: the same graph
+    (kept,) = reuse._kept.values()
+    again = train(make_cfg(*overrides, "seed=1")).history
+    assert list(reuse._kept.values()) == [kept] and kept is not fresh_model  # the second job trained on the first's
+
+    for key in fresh:
+        if key != "epoch_seconds":
+            assert again[key] == fresh[key], key  # to the last bit, every epoch
+
+
+def test_only_a_job_with_the_same_graph_shares_a_model(make_cfg):
+    from src.data.loading import load_data
+
+    def key(*overrides):
+        cfg = make_cfg(*overrides)
+        import tensorflow as tf
+
+        splits = load_data(cfg.data, progress=False)
+        return reuse.graph_key(cfg, splits, len(splits.x_train) // cfg.train.batch_size, tf.distribute.get_strategy())
+
+    same = key()
+    assert key("seed=7", "train.epochs=5", "train.checkpoint_every=1", "mlflow.experiment_name=other") == same
+    for changed in ("reg=l2", "reg.l2=0.002", "loop=tape", "model=small", "train.batch_size=250",
+                    "train.learning_rate=0.01", "optimizer=sgd", "data.n_train=1500"):
+        assert key(changed, *(["reg=l2"] if changed.startswith("reg.l2") else [])) != same, changed
+    assert key("train.reuse_compiled=false") is None
+
+
+def test_a_failed_job_leaves_no_model_for_the_next(make_cfg):
+    result = train(make_cfg("train.learning_rate=1e30"))  # diverges: the run ends FAILED
+    assert result.status == "FAILED"
+    assert not reuse._kept
