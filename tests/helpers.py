@@ -107,7 +107,8 @@ def bench_results(sweep_epochs: int):
             "median_checkpoint_write_seconds": 0.001}
     job = {"run_name": "fit-none-large", "status": "FINISHED", "epochs": sweep_epochs, "sum_epoch_seconds": 40.0,
            "before_run_seconds": 0.3, "run_to_first_epoch_seconds": 0.1, "after_last_epoch_seconds": 0.4,
-           "between_epochs_seconds": 1.5, "first_epoch_extra_seconds": 1.0, "overhead_seconds": 0.8}
+           "between_epochs_seconds": 1.5, "first_epoch_extra_seconds": 0.1, "fixed_seconds": 0.9,
+           "steady_epoch_seconds": 0.4, "run_end": 0.0}
     return {
         "machine": {"cores": 2, "cpu": "x", "tensorflow": "t", "keras": "k", "python": "p", "intra_op_threads": 0,
                     "inter_op_threads": 0, "TF_ENABLE_ONEDNN_OPTS": None},
@@ -120,7 +121,10 @@ def bench_results(sweep_epochs: int):
         "startup": {"start_to_first_step_seconds": 6.0, "start_to_first_epoch_end_seconds": 8.0,
                     "phases_since_start_seconds": {}, "method": "m"},
         "sweep": {"epochs": sweep_epochs, "wall_seconds": 250.0, "sum_epoch_seconds": 160.0, "between_epochs_seconds": 6.0, "startup_seconds": 6.0,
-                  "jobs": [dict(job, overhead_seconds=7.0), job, job, job], "median_job_overhead_seconds": 0.8,
-                  "after_last_run_seconds": 1.0, "method": "m"},
+                  "jobs": [dict(job, fixed_seconds=7.0), job, job, job], "median_job_fixed_seconds": 0.9,
+                  "after_last_run_seconds": 1.0, "method": "m", "command": "python -m src.train -m reg=none,l2"},
+        "search": {"epochs": 10, "wall_seconds": 31.0, "sum_epoch_seconds": 22.0, "sum_steady_epoch_seconds": 20.0,
+                   "between_epochs_seconds": 0.5, "jobs": [job] * 8, "median_job_fixed_seconds": 0.9,
+                   "after_last_run_seconds": 1.0, "method": "m", "command": "python -m src.train -m hydra/sweeper=optuna"},
         "peak_rss_mib": {"self": 900.0, "startup_child": None},
     }

@@ -45,10 +45,22 @@ def test_only_a_job_with_the_same_graph_shares_a_model(make_cfg):
 
     same = key()
     assert key("seed=7", "train.epochs=5", "train.checkpoint_every=1", "mlflow.experiment_name=other") == same
-    for changed in ("reg=l2", "reg.l2=0.002", "loop=tape", "model=small", "train.batch_size=250",
+    for changed in ("reg=l2", "reg=dropout", "loop=tape", "model=small", "train.batch_size=250",
                     "train.learning_rate=0.01", "optimizer=sgd", "data.n_train=1500"):
-        assert key(changed, *(["reg=l2"] if changed.startswith("reg.l2") else [])) != same, changed
+        assert key(changed) != same, changed
+    # the L2 factor is a variable of the graph: a search's trials over reg.l2 share one, none and l2 do not
+    assert key("reg=l2", "reg.l2=0.003") == key("reg=l2") != same
     assert key("train.reuse_compiled=false") is None
+
+
+def test_a_search_over_l2_shares_one_graph_and_each_trial_gets_its_own_penalty(make_cfg):
+    fresh = train(make_cfg("reg=l2", "reg.l2=0.01")).history
+    reuse.forget()
+    train(make_cfg("reg=l2", "reg.l2=0.0001"))
+    (kept,) = reuse._kept.values()
+    again = train(make_cfg("reg=l2", "reg.l2=0.01")).history
+    assert list(reuse._kept.values()) == [kept]
+    assert again["reg_loss"] == fresh["reg_loss"] and again["val_loss"] == fresh["val_loss"]
 
 
 def test_a_failed_job_leaves_no_model_for_the_next(make_cfg):

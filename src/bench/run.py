@@ -22,7 +22,9 @@ from src.bench.loops import (
 )
 from src.bench.profile import profile_loop
 from src.bench.report import README_SWEEP_EPOCHS, build_rows, format_report
-from src.bench.startup import SWEEP_AXES, measure_startup, measure_sweep
+from src.bench.bare import measure_bare
+from src.bench.jobs import SEARCH_AXES, SWEEP_AXES, measure_multirun
+from src.bench.startup import measure_startup
 from src.core.config import compose_config, validate
 from src.core.errors import JobFailed
 from src.core.schema import PROJECT_ROOT
@@ -81,6 +83,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="also time the README's whole sweep (-m reg=none,l2 loop=fit,tape, 4 runs) in a fresh process: minutes",
     )
     parser.add_argument("--sweep-epochs", type=int, default=README_SWEEP_EPOCHS, help="train.epochs of that sweep")
+    parser.add_argument("--bare", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time a bare Keras fit and a bare compiled tape loop of the same model, data and seed")
+    parser.add_argument("--seeds", type=int, default=0,
+                        help="also time a sweep over this many seeds of one config (-m seed=0,...) in a fresh process: "
+                             "jobs of one graph, the case where a job reuses the previous job's compiled model")
+    parser.add_argument("--seeds-epochs", type=int, default=10, help="train.epochs of that seed sweep")
+    parser.add_argument("--search", action=argparse.BooleanOptionalAction, default=False,
+                        help="also time an Optuna search (`make search`) in a fresh process, job by job")
+    parser.add_argument("--search-trials", type=int, default=8, help="hydra.sweeper.n_trials of that search")
+    parser.add_argument("--search-epochs", type=int, default=10, help="train.epochs of each trial")
+    parser.add_argument("--search-model", default="small", help="model option of the search's trials")
     parser.add_argument(
         "--tracking-uri",
         default=None,
@@ -98,7 +111,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="extra Hydra overrides for every measured run, e.g. train.threads=2 train.batch_size=1000",
     )
     args = parser.parse_args(argv)
-    for name in ("epochs", "eager_epochs", "matmul_repeats", "sweep_epochs", "startup_runs", "rounds", "profile_epochs"):
+    for name in ("epochs", "eager_epochs", "matmul_repeats", "sweep_epochs", "startup_runs", "rounds", "profile_epochs",
+                 "seeds_epochs", "search_trials", "search_epochs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("warmup", "eager_warmup"):
@@ -165,6 +179,10 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None] = print) -> D
                                           "train.checkpoint_every=1"])
                 rounds.setdefault(label, []).append(measure_loop(label, run_cfg, warmup))
         loops = {label: pool_rounds(measured) for label, measured in rounds.items()}
+        if args.bare:  # the script a user would write, beside the loops (same model, data and seed)
+            say(f"bare Keras fit and tape loop: {args.warmup} warm-up + {args.epochs} measured epochs ...")
+            bare = measure_bare(compose_config(overrides), args.warmup, args.epochs)
+            loops.update({label: dict(record, cores_busy=[], median_cores_busy=None) for label, record in bare.items()})
 
         say("matmul rate again ...")
         mm_after = matmul_rate(batch, 512, args.matmul_repeats, args.matmul_seconds)
@@ -182,6 +200,10 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None] = print) -> D
         for label in ("tape", "tape_eager", "fit_jit", "tape_jit"):
             if label in loops:
                 ratios[f"{label}_over_fit"] = loops[label]["median_epoch_seconds"] / fit
+        if "bare_fit" in loops:  # the project's loops against the best hand-written one
+            best_bare = min(loops["bare_fit"]["median_epoch_seconds"], loops["bare_tape"]["median_epoch_seconds"])
+            ratios["fit_over_best_bare"] = fit / best_bare
+            ratios["tape_over_best_bare"] = loops["tape"]["median_epoch_seconds"] / best_bare
         if args.rounds > 1:  # each round's tape / fit, side by side in time
             ratios["tape_over_fit_paired"] = statistics.median(
                 tape["median_epoch_seconds"] / fit_round["median_epoch_seconds"]
@@ -206,9 +228,22 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None] = print) -> D
         sweep = None
         if args.sweep:
             say(f"whole sweep: a fresh `python -m src.train -m {' '.join(SWEEP_AXES)} train.epochs={args.sweep_epochs}` ...")
-            sweep = measure_sweep(overrides, tracking_uri, workdir, args.sweep_epochs)
+            sweep = measure_multirun("sweep", SWEEP_AXES, overrides, tracking_uri, workdir, args.sweep_epochs)
             # the ideal sweep: start-up once, then every epoch at the bound
             sweep["startup_seconds"] = startup["start_to_first_step_seconds"] if startup else None
+
+        seeds = None
+        if args.seeds:
+            axes = (f"seed={','.join(str(seed) for seed in range(args.seeds))}",)
+            say(f"seed sweep: a fresh `python -m src.train -m {axes[0]} train.epochs={args.seeds_epochs}` ...")
+            seeds = measure_multirun("seeds", axes, overrides, tracking_uri, workdir, args.seeds_epochs)
+
+        search = None
+        if args.search:
+            axes = (*SEARCH_AXES, f"hydra.sweeper.n_trials={args.search_trials}", f"model={args.search_model}")
+            say(f"search: a fresh `python -m src.train -m {' '.join(axes)} train.epochs={args.search_epochs}` ...")
+            search = measure_multirun("search", axes, [o for o in overrides if not o.startswith("model=")],
+                                      tracking_uri, workdir, args.search_epochs)
 
         results: Dict[str, Any] = {
             "machine": machine,
@@ -230,6 +265,8 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None] = print) -> D
             "profiles": profiles,
             "startup": startup,
             "sweep": sweep,
+            "seeds": seeds,
+            "search": search,
             "peak_rss_mib": {
                 "self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,  # KiB on Linux
                 "startup_child": startup["peak_rss_mib"] if startup else None,

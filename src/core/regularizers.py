@@ -30,7 +30,11 @@ class Regularizer:
 def _l2(factor: float):
     import keras
 
-    return keras.regularizers.L2(factor)
+    penalty = keras.regularizers.L2(factor)
+    # the factor in a variable, not a constant of the traced graph: the trials of a search over reg.l2 then share
+    # one graph (src.training.reuse). The penalty is the same float32 product; it still saves as a plain L2.
+    penalty.l2 = keras.Variable(factor, dtype="float32", trainable=False, name="l2_factor")
+    return penalty
 
 
 # Knob names hold no `_`: an option's name is its knobs joined by `_`.

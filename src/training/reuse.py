@@ -6,7 +6,8 @@ epochs, the data's values, where they are tracked) run the same graph, so a job 
 earlier job left, with its own freshly built model's initial state copied into it, and skips the trace. The
 results are bit-identical to a fresh process's (tests/test_reuse.py): the fresh model is still built, with the
 same seed, so every random draw happens as before; only its values move into the compiled twin. The loops reset
-the optimizer's state on their side (src.training.loops).
+the optimizer's state on their side (src.training.programs). A penalty's factor is a variable of the graph
+(src.core.regularizers), so the trials of a search over `reg.l2` share one graph too.
 """
 
 import hashlib
@@ -33,6 +34,8 @@ def graph_key(cfg: DictConfig, splits, steps_per_epoch: int, strategy) -> Option
     if not cfg.train.reuse_compiled or strategy is not tf.distribute.get_strategy():
         return None
     plain = OmegaConf.to_container(cfg, resolve=True)
+    if "l2" in plain["reg"]:  # in a variable of the graph (src.core.regularizers): only whether it is on counts
+        plain["reg"]["l2"] = plain["reg"]["l2"] > 0
     for key in PER_RUN_KEYS:
         *parents, last = key.split(".")
         node = plain
@@ -52,12 +55,27 @@ def take(key: Optional[str], fresh):
     kept = _kept.pop(key, None) if key else None
     if kept is None:
         return fresh
-    mine, theirs = kept.variables, fresh.variables
+    mine, theirs = [*kept.variables, *penalty_factors(kept)], [*fresh.variables, *penalty_factors(fresh)]
     if [tuple(v.shape) for v in mine] != [tuple(v.shape) for v in theirs]:  # a builder that is not a function of its config
         return fresh
     for target, source in zip(mine, theirs):
         target.assign(source)
     return kept
+
+
+def penalty_factors(model) -> list:
+    """The variables the model's penalties read their factors from (src.core.regularizers), each once."""
+    import keras
+
+    from src.core.compat import sublayers
+
+    found = {}
+    for layer in sublayers(model):
+        for kind in ("kernel_regularizer", "bias_regularizer", "activity_regularizer"):
+            factor = getattr(getattr(layer, kind, None), "l2", None)
+            if isinstance(factor, keras.Variable):
+                found.setdefault(id(factor), factor)
+    return list(found.values())
 
 
 def keep(key: Optional[str], model) -> None:
