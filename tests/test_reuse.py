@@ -67,3 +67,25 @@ def test_a_failed_job_leaves_no_model_for_the_next(make_cfg):
     result = train(make_cfg("train.learning_rate=1e30"))  # diverges: the run ends FAILED
     assert result.status == "FAILED"
     assert not reuse._kept
+
+
+def test_a_model_drawing_from_tensorflows_global_seed_is_never_kept():
+    # a user's layer with an unseeded tf.random op: its seed is fixed when the graph is traced, so a reused graph
+    # would give every seed the first one's noise; such a model trains fresh in every job
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    class Noise(keras.layers.Layer):
+        def call(self, x, training=False):
+            return x + tf.random.normal(tf.shape(x)) if training else x
+
+    example = np.zeros((1, 28), np.float32)
+    noisy = keras.Sequential([keras.Input((28,)), Noise(), keras.layers.Dense(1)])
+    reuse.keep("noisy", noisy, example)
+    assert not reuse._kept
+    # Keras's own dropout and noise layers draw from seed generators, whose state each job's fresh model brings
+    seeded = keras.Sequential([keras.Input((28,)), keras.layers.GaussianNoise(0.1), keras.layers.Dropout(0.5),
+                               keras.layers.Dense(1)])
+    reuse.keep("seeded", seeded, example)
+    assert list(reuse._kept) == ["seeded"]

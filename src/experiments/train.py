@@ -52,7 +52,7 @@ def train(
         monitor = fit(job, built, run, on_epoch_end)
         log_results(job, built, run, monitor, on_epoch_end)
     if run.result.status == FINISHED:
-        reuse.keep(built.graph, built.model)
+        reuse.keep(built.graph, built.model, job.splits.x_val[:1])
         log.info("%s FINISHED. %s", job.name, run.ui_hint())
     return run.result
 

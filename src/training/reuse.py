@@ -17,6 +17,10 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+# TensorFlow's random ops whose numbers depend on the global seed at trace time (the Stateless* ones do not)
+STATEFUL_RANDOM_PREFIXES = ("Random", "Stateful")
+STATEFUL_RANDOM_OPS = ("TruncatedNormal", "ParameterizedTruncatedNormal", "Multinomial")
+_STATELESS = "_overfit_lab_draws_statelessly"
 KEPT_MODELS = 4  # a sweep's variants interleave (reg x loop x seed): a few graphs, each small next to the data
 _kept: "OrderedDict[str, Any]" = OrderedDict()
 
@@ -78,14 +82,33 @@ def penalty_factors(model) -> list:
     return list(found.values())
 
 
-def keep(key: Optional[str], model) -> None:
-    """Keep a model that has trained to the end for the next job with its graph (the oldest beyond KEPT_MODELS go)."""
-    if not key:
+def keep(key: Optional[str], model, example) -> None:
+    """Keep a model that has trained to the end for the next job with its graph (the oldest beyond KEPT_MODELS go),
+    unless its forward pass draws from TensorFlow's stateful random ops (see `draws_statelessly`)."""
+    if not key or not draws_statelessly(model, example):
         return
     _kept[key] = model
     _kept.move_to_end(key)
     while len(_kept) > KEPT_MODELS:
         _kept.popitem(last=False)
+
+
+def draws_statelessly(model, example) -> bool:
+    """Whether the training-mode forward pass uses no stateful random op (say a `tf.random.normal` without a seed
+    in a user's layer). Such an op takes its seed from the global seed when traced, so a reused graph would draw
+    the first job's numbers; Keras's own layers (dropout, noise) draw from seed generators, whose state the next
+    job's model brings along. Checked once per model, on a forward pass traced for the purpose."""
+    import tensorflow as tf
+
+    known = getattr(model, _STATELESS, None)
+    if known is None:
+        spec = tf.TensorSpec([None, *example.shape[1:]], tf.as_dtype(example.dtype))
+        graph = tf.function(lambda x: model(x, training=True)).get_concrete_function(spec).graph.as_graph_def()
+        nodes = [*graph.node, *(node for function in graph.library.function for node in function.node_def)]
+        known = not any(node.op.startswith(STATEFUL_RANDOM_PREFIXES) or node.op in STATEFUL_RANDOM_OPS
+                        for node in nodes)
+        setattr(model, _STATELESS, known)
+    return known
 
 
 def forget() -> None:
