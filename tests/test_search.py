@@ -261,3 +261,17 @@ def test_an_interrupted_search_leaves_no_trial_running_in_its_study(tmp_path, hi
     assert proc.returncode == 130
     study = optuna.load_study(study_name="cut", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert [t.state.name for t in study.trials] == ["FAIL"]  # told, never left RUNNING
+
+
+def test_parameter_importances_are_drawn_only_when_there_is_more_than_one_parameter():
+    import optuna
+
+    from src.experiments.study_summary import _study_figures
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    one = optuna.create_study()
+    one.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    assert set(_study_figures(one)) == {"optimization_history"}  # one parameter has all the importance: no figure
+    two = optuna.create_study()
+    two.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("y", 0, 1), n_trials=3)
+    assert set(_study_figures(two)) == {"optimization_history", "param_importances"}
