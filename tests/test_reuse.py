@@ -89,3 +89,15 @@ def test_a_model_drawing_from_tensorflows_global_seed_is_never_kept():
                                keras.layers.Dense(1)])
     reuse.keep("seeded", seeded, example)
     assert list(reuse._kept) == ["seeded"]
+
+
+def test_the_l2_penalty_saves_as_a_plain_l2_with_its_number():
+    import keras
+
+    from src.core.regularizers import REGULARIZERS
+
+    penalty = REGULARIZERS["l2"].kernel_penalty(0.001)
+    assert isinstance(penalty.l2, keras.Variable)  # in the graph as a variable, so trials over reg.l2 share it
+    saved = keras.saving.serialize_keras_object(penalty)
+    assert saved["class_name"] == "L2" and saved["config"] == {"l2": 0.001}  # loads anywhere, no class of ours
+    assert keras.regularizers.get(saved).l2 == 0.001

@@ -34,6 +34,9 @@ def _l2(factor: float):
     # the factor in a variable, not a constant of the traced graph: the trials of a search over reg.l2 then share
     # one graph (src.training.reuse). The penalty is the same float32 product; it still saves as a plain L2.
     penalty.l2 = keras.Variable(factor, dtype="float32", trainable=False, name="l2_factor")
+    # saved (and cloned) with the factor's value as a number, as keras.regularizers.L2(factor) is: the shortest
+    # decimal that gives back the float32 (0.001, not 0.0010000000474974513)
+    penalty.get_config = lambda: {"l2": float(str(keras.ops.convert_to_numpy(penalty.l2)))}
     return penalty
 
 
