@@ -5,6 +5,7 @@ from typing import Optional
 import hydra
 from omegaconf import DictConfig
 
+from src.core import compat
 from src.experiments.job import run_job
 from src.experiments.process import exit_130_on_interrupt, prepare_process
 
@@ -18,6 +19,7 @@ def hydra_job(cfg: DictConfig) -> Optional[dict]:
 def main() -> None:
     """The command: the process prepared as every command's is, then Hydra's run or multirun; 130 on Ctrl-C."""
     prepare_process()
+    compat.compose_each_sweep_job_once()  # a sweep composes each job's config once, not twice
     with exit_130_on_interrupt():
         hydra_job()
 

@@ -106,3 +106,35 @@ def test_mlflows_keras_flavor_still_writes_the_input_example_before_its_folder(t
         mlflow.keras.save_model(model, path=str(tmp_path / "plain"), input_example=example)
     compat.keras_flavor().save_model(path=str(tmp_path / "fixed"), model=model, input_example=example)
     assert mlflow.keras.load_model(str(tmp_path / "fixed")).count_params() == 3
+
+
+def test_a_sweep_composes_each_jobs_config_once(monkeypatch):
+    import inspect
+
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.core_plugins import basic_launcher, basic_sweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from src.core.schema import CONFIG_DIR
+
+    # what the patch relies on: the sweeper composes every job to check it, then the launcher composes it again
+    assert "self.validate_batch_is_legal(batch)" in inspect.getsource(basic_sweeper.BasicSweeper.sweep)
+    assert "load_sweep_config(" in inspect.getsource(basic_launcher.BasicLauncher.launch)
+    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", ConfigLoaderImpl.load_sweep_config)  # undone after
+    compat.compose_each_sweep_job_once()
+    compositions = []
+    load = ConfigLoaderImpl.load_configuration
+    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration",
+                        lambda self, *a, **k: compositions.append(1) or load(self, *a, **k))
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        master = compose("config", return_hydra_config=True)
+        loader = GlobalHydra.instance().config_loader()
+        compositions.clear()
+        checked = loader.load_sweep_config(master, ["reg=l2", "seed=3"])  # the sweeper's check
+        launched = loader.load_sweep_config(master, ["reg=l2", "seed=3"])  # the launcher's
+        other = loader.load_sweep_config(master, ["reg=none"])
+    assert len(compositions) == 2  # the job of seed 3 once, the other job once
+    assert launched is not checked and OmegaConf.to_container(launched) == OmegaConf.to_container(checked)
+    assert launched.seed == 3 and launched.reg.l2 == 0.001 and other.reg.l2 == 0
