@@ -149,7 +149,11 @@ def build(job: Job) -> Built:
         model = build_model(cfg.model, cfg.reg, job.splits.x_train.shape[1:],
                             task.n_outputs(job.splits.y_train, job.splits.y_val))
     graph = reuse.graph_key(cfg, job.splits, steps_per_epoch, strategy)
-    return Built(strategy, devices, train_ds, val_ds, reuse.take(graph, model), steps_per_epoch, graph)
+    compiled = reuse.take(graph, model)
+    if compiled is not model:
+        log.info("%s: trains on the compiled model an earlier job of this process left (its graph is this job's)",
+                 job.name)
+    return Built(strategy, devices, train_ds, val_ds, compiled, steps_per_epoch, graph)
 
 
 def track(job: Job, built: Built, *, parent_run_id: Optional[str], overrides: Optional[Sequence[str]],
