@@ -90,6 +90,7 @@ def test_a_search_prunes_hopeless_trials_and_records_the_best_on_its_parent_run(
         tags, number = run.data.tags, int(run.data.tags["optuna.trial"])
         assert run.info.status == "FINISHED" and tags[PARENT_TAG] == parent.info.run_id
         assert run.info.run_name.startswith(f"trial {number} ") and tags["optuna.state"] == states[number]
+        assert (tags["loop"], tags["reg"], tags["model"], tags["task"]) == ("fit", "l2", "tiny", "binary")  # filterable
         trial = study.trials[number]
         assert float(run.data.params["reg.l2"]) == trial.params["reg.l2"]  # the sampled value, exactly
         epochs = len(history(client, run.info.run_id, ["val_binary_crossentropy"])["val_binary_crossentropy"])

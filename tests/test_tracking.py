@@ -30,7 +30,11 @@ def test_a_run_shows_its_source_user_and_readable_tags_and_samples_the_machine(m
     tags = run.data.tags
     assert (tags["mlflow.source.name"], tags["mlflow.source.type"]) == ("src.train", "LOCAL")
     assert tags["mlflow.user"] == getpass.getuser() and len(tags["mlflow.source.git.commit"]) == 40
-    assert not {"loop", "reg", "model"} & set(tags)  # they only repeated params
+    # the options and the task as tags too, so the UI filters by them (tags.reg = 'none')
+    assert {k: tags[k] for k in ("loop", "reg", "model", "data", "task")} == {
+        k: run.data.params[p] for k, p in (("loop", "loop.name"), ("reg", "reg.name"), ("model", "model.name"),
+                                           ("data", "data.name"), ("task", "task"))}
+    assert (tags["loop"], tags["task"]) == ("fit", "binary")
     assert tags["strategy"] == "default"
     experiment = client.get_experiment(run.info.experiment_id)  # it says what it holds
     assert experiment.tags["project"] == "overfit-lab" and "python -m src.compare" in experiment.tags["mlflow.note.content"]
