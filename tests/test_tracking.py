@@ -111,3 +111,19 @@ def test_printed_links_open_the_model_training_pages_where_the_ui_runs():
     served = TrackedRun("http://alice:pw@ml.example:8080/mlflow", "abc", "1", "r", writer=None, client=object())
     assert served.ui_hint() == ("MLflow run ID abc: "
                                 "http://ml.example:8080/mlflow/#/experiments/1/runs/abc?workflowType=machine_learning")
+
+
+def test_two_training_sets_that_differ_past_mlflows_first_rows_show_different_digests():
+    """MLflow's own digest hashes the first 10,000 values only: a change in the last row would not show."""
+    import numpy as np
+
+    from src.data.splits import Splits
+    from src.tracking.datasets import split_datasets
+
+    rows = np.random.default_rng(0).normal(size=(2000, 29)).astype(np.float32)
+    changed = rows.copy()
+    changed[-1, 1] += 1
+    digests = [{c: d.digest for c, d in split_datasets(Splits.of((r[100:, 1:], r[100:, 0]), (r[:100, 1:], r[:100, 0]),
+                                                                  source="made here", name="made")).items()}
+               for r in (rows, changed)]
+    assert digests[0]["training"] != digests[1]["training"]

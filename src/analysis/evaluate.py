@@ -152,13 +152,13 @@ def _log_evaluation(client, run, model_name: str, model_id: Optional[str], value
     from mlflow.entities import Metric, Param
 
     from src.analysis import plots
-    from src.core import compat
-    from src.tracking.datasets import dataset_source, log_datasets
+    from src.data.splits import rows_sha256
+    from src.tracking.datasets import dataset_source, log_datasets, shown_digest
     from src.tracking.provenance import source_tags
     from src.tracking.store import PARENT_TAG
 
     scored = mlflow.data.from_numpy(x, targets=y, source=dataset_source(source), name=f"evaluation-{described}",
-                                    digest=compat.numpy_dataset_digest(x, y))
+                                    digest=shown_digest(rows_sha256(x, y)))
     note = (f"Evaluation of the logged model `{model_name}` of run [{run.info.run_name}](#/experiments/"
             f"{run.info.experiment_id}/runs/{run.info.run_id}) on {described} of {store.redact(source)}: "
             + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
