@@ -136,8 +136,9 @@ class SweepPlan:
     @staticmethod
     def searched_note() -> str:
         """What a search's parent holds once its batches are done (it has no compare/ artifacts)."""
-        return ("The study's summary, refreshed after every command that adds trials: the best trial's params as "
-                "`best.*` tags and `optuna.best_trial`, its value as a metric, the trial counts (`trials_complete`, "
+        return ("The study's summary, refreshed after every command that adds trials: the best trial's values as "
+                "`best.*` tags (the searched keys are never this run's params: those could not change when more "
+                "trials find a better one) and `optuna.best_trial`, its value as a metric, the trial counts (`trials_complete`, "
                 "`trials_pruned`, `trials_failed`) and Optuna's figures under `optuna/`.")
 
 
