@@ -127,3 +127,11 @@ def test_two_training_sets_that_differ_past_mlflows_first_rows_show_different_di
                                                                   source="made here", name="made")).items()}
                for r in (rows, changed)]
     assert digests[0]["training"] != digests[1]["training"]
+
+
+def test_a_logged_models_name_is_its_runs_without_what_mlflow_refuses_in_one():
+    from src.tracking.models import model_name
+
+    assert model_name("fit-l2-large", "model") == "fit-l2-large"
+    assert model_name("trial 3 fit-l2-my.net", "best_model") == "trial 3 fit-l2-my-net-best"  # '.' is refused
+    assert model_name("a/b:c%d\"e'f", "model") == "a-b-c-d-e-f"

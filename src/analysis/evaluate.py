@@ -36,7 +36,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("run_id", metavar="RUN_ID", help="the run whose model to score")
     parser.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
                         help="data settings to change from the run's (e.g. data.path=FILE, data.n_validation=5000)")
-    parser.add_argument("--model", default="model", help="the logged model: model (final) or best_model")
+    parser.add_argument("--model", default="model",
+                        help="the run's logged model: model (final) or best_model (each is named after its run)")
     parser.add_argument("--split", choices=("validation", "training"), default="validation",
                         help="the run's validation rows (the first data.n_validation) or its training rows")
     parser.add_argument("--rows", default=None, metavar="START:END",
@@ -120,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run = store.get_run(client, args.run_id, uri)
         cfg, _, _ = logged_config(client, run)
         x, y, described = evaluation_data(cfg, args.overrides, args.split, args.rows)
-        outputs, model_id = _predict(uri, args.run_id, args.model, x)
+        outputs, model_id = _predict(uri, client, args.run_id, args.model, x)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -184,22 +185,24 @@ def _log_evaluation(client, run, model_name: str, model_id: Optional[str], value
     return new_id
 
 
-def _predict(uri: str, run_id: str, model_name: str, x: np.ndarray) -> Tuple[np.ndarray, Optional[str]]:
-    """The logged model's outputs for `x` (probabilities, or a regression's values) and its model ID; a one-line
-    error when the run has no such model."""
+def _predict(uri: str, client, run_id: str, role: str, x: np.ndarray) -> Tuple[np.ndarray, Optional[str]]:
+    """The outputs for `x` (probabilities, or a regression's values) of the run's logged model of `role` (FINAL or
+    BEST, whatever its name) and its model ID; a one-line error when the run has no such model."""
     import mlflow
     import mlflow.pyfunc
+
+    from src.tracking.models import require_logged_model
 
     mlflow.set_tracking_uri(uri)
     import keras
 
     keras.utils.disable_interactive_logging()  # the flavor's predict would draw a progress bar on stdout
+    model_uri = require_logged_model(client, run_id, role)
     try:
-        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/{model_name}")
+        model = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:  # MLflow raises its own, or OSError, by artifact store
         first = first_line(exc)
-        raise TrackingError(f"run {run_id}: no logged model {model_name!r} ({first}); runs log one unless "
-                            "mlflow.log_models=false") from None
+        raise TrackingError(f"run {run_id}: its logged model {role!r} ({model_uri}) does not load: {first}") from None
     outputs = np.asarray(model.predict(x))
     model_id = getattr(model.metadata, "model_id", None)  # MLflow 3's logged model, which the metrics attach to
     return (outputs.reshape(-1) if outputs.ndim == 2 and outputs.shape[1] == 1 else outputs), model_id
