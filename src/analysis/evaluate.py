@@ -25,7 +25,8 @@ EVALUATED_MODEL_TAG = "evaluated_model"
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m src.evaluate",
-        description="Load a run's logged model (runs:/RUN_ID/MODEL) and score it on rows of the run's data (for "
+        description="Load a run's logged model (its final or best one, named after the run) and score it on rows "
+        "of the run's data (for "
         "HIGGS, of any file in the UCI layout), by the run's task: binary cross-entropy, accuracy (probability > 0.5), "
         "ROC AUC and the ROC curve; multiclass cross-entropy, accuracy and the confusion matrix; regression mean "
         f"squared and absolute error and the residuals. Logged as a new run tagged {EVALUATED_RUN_TAG}=RUN_ID (or "

@@ -23,7 +23,8 @@ def model_note(run_name: str, run_id: str, experiment_id: str, role: str, weight
     link = f"[{run_name}](#/experiments/{experiment_id}/runs/{run_id})"
     kind = "best model" if role == BEST else "final model"
     return (f"The {kind} of run {link}: {weights} (epochs count from 0, as the metrics' steps). Loads as "
-            f"`runs:/{run_id}/{model_name(run_name, role)}`; scored by `python -m src.evaluate {run_id} --model {role}`.")
+            f"`runs:/{run_id}/{model_name(run_name, role)}`; scored by "
+            f"`python -m src.evaluate {run_id} --model {role}`.")
 
 
 def logged_model_uri(client, run_id: str, role: str) -> Optional[str]:
