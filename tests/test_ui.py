@@ -197,6 +197,11 @@ def test_the_ui_lists_the_sweep_shows_curves_and_the_model_and_describes_the_par
         page.goto(page.evaluate("h => new URL(h, location.href).href", href))
         _text(page, f"{child.info.run_name}-best")
         [copy] = client.search_runs([experiment], filter_string=f"tags.reproduced_from = '{child.info.run_id}'")
+        notes = [m.tags["mlflow.note.content"] for m in client.search_logged_models([experiment])
+                 if m.source_run_id == copy.info.run_id]  # its models link it by its new name
+        assert len(notes) == 2 and all(
+            f"[{child.info.run_name} (reproduction)](#/experiments/{experiment}/runs/{copy.info.run_id})" in n
+            for n in notes)
         page.goto(f"{url}/#/experiments/{experiment}/runs/{copy.info.run_id}?workflowType=machine_learning")
         body = _text(page, f"{child.info.run_name} (reproduction)")
         assert f"Reproduction of {child.info.run_name}: identical" in body

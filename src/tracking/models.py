@@ -27,9 +27,8 @@ def model_note(run_name: str, run_id: str, experiment_id: str, role: str, weight
             f"`python -m src.evaluate {run_id} --model {role}`.")
 
 
-def logged_model_uri(client, run_id: str, role: str) -> Optional[str]:
-    """`models:/<ID>` of the run's logged model of `role` (a run logged before models were named after their run:
-    the model of that name), or None when the run has none."""
+def run_models(client, run_id: str) -> list:
+    """Every logged model of the run, oldest first."""
     experiment_id = client.get_run(run_id).info.experiment_id
     found, token = [], None
     while True:
@@ -39,12 +38,28 @@ def logged_model_uri(client, run_id: str, role: str) -> Optional[str]:
         token = page.token
         if not token:
             break
+    return sorted((m for m in found if m.source_run_id == run_id), key=lambda m: m.creation_timestamp)
+
+
+def logged_model_uri(client, run_id: str, role: str) -> Optional[str]:
+    """`models:/<ID>` of the run's logged model of `role` (a run logged before models were named after their run:
+    the model of that name), or None when the run has none."""
+    found = run_models(client, run_id)
     for pick in (lambda m: m.tags.get(ROLE_TAG) == role, lambda m: ROLE_TAG not in m.tags and m.name == role):
-        matches = sorted((m for m in found if m.source_run_id == run_id and pick(m)),
-                         key=lambda m: m.creation_timestamp)
+        matches = [m for m in found if pick(m)]
         if matches:  # a resumed run that logged again: its newest
             return f"models:/{matches[-1].model_id}"
     return None
+
+
+def retitle_models(client, run_id: str, old_name: str, new_name: str) -> None:
+    """A run renamed after its models were logged (a reproduction, a pruned trial): their descriptions link it by
+    its new name (a logged model's own name cannot change)."""
+    for model in run_models(client, run_id):
+        note = model.tags.get(NOTE_TAG, "")
+        if f"[{old_name}](" in note:
+            retitled = note.replace(f"[{old_name}](", f"[{new_name}](", 1)
+            client.set_logged_model_tags(model.model_id, {NOTE_TAG: retitled})
 
 
 def require_logged_model(client, run_id: str, role: str) -> str:
