@@ -56,16 +56,6 @@ def test_composition_errors_keep_the_attributes_the_one_line_reads():
         raise AssertionError("model=huge composed")
 
 
-def test_our_numpy_dataset_digest_is_mlflows_without_the_copy():
-    """The digest runs show for their datasets stays MLflow's own, for short and long, strided arrays alike."""
-    from mlflow.data.digest_utils import compute_numpy_digest
-
-    rows = np.random.default_rng(0).normal(size=(5000, 29)).astype(np.float32)
-    for n in (3, 344, 345, 5000):  # fewer values than MAX_ROWS, just under and over it, many more
-        x, y = rows[:n, 1:], rows[:n, :1]  # strided views, as the memory-mapped cache gives
-        assert compat.numpy_dataset_digest(x, y) == compute_numpy_digest(x, y)
-
-
 def test_a_profiler_trace_reads_back_with_its_ops(tmp_path):
     import tensorflow as tf
 

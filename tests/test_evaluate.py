@@ -41,7 +41,9 @@ def test_evaluate_scores_the_run_and_logs_a_linked_run(make_cfg, tracking_uri, c
     assert evaluation.data.tags["mlflow.parentRunId"] == result.run_id and evaluation.info.status == "FINISHED"
     assert scored.data.tags["last_evaluation_run_id"] == evaluation.info.run_id
     assert [i.dataset.name for i in evaluation.inputs.dataset_inputs] == ["evaluation-validation rows 0:500"]
-    (model,) = [m for m in client.search_logged_models([scored.info.experiment_id]) if m.name == "model"]
+    (model,) = [m for m in client.search_logged_models([scored.info.experiment_id])
+                if m.tags["logged_as"] == "model" and m.source_run_id == result.run_id]
+    assert model.name == scored.info.run_name  # named after its run
     assert {m.key for m in model.metrics} >= {"eval_accuracy", "eval_auc", "eval_binary_crossentropy"}
 
     # another slice, printed only; then the errors, one line each

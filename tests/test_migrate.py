@@ -74,7 +74,7 @@ def test_a_runs_logged_models_move_with_it_and_score_as_before(make_cfg, trackin
     assert run.info.run_id == copy and run.data.tags[MIGRATED_FROM_TAG] == run_id
     originals = {m.name: m for m in _models(source, experiment.experiment_id)}
     copies = {m.name: m for m in _models(destination, target_id)}
-    assert sorted(copies) == sorted(originals) == ["best_model", "model"]
+    assert sorted(copies) == sorted(originals) == ["fit-none-tiny", "fit-none-tiny-best"]  # named after the run
     steps = {o.model_id: o.step for o in source.get_run(run_id).outputs.model_outputs}
     assert {o.model_id: o.step for o in run.outputs.model_outputs} == \
         {copies[name].model_id: steps[m.model_id] for name, m in originals.items()}  # the UI's "Logged models"
@@ -82,7 +82,12 @@ def test_a_runs_logged_models_move_with_it_and_score_as_before(make_cfg, trackin
         new = copies[name]
         assert new.source_run_id == copy and str(new.status) == str(original.status) == "READY"
         assert (new.params, new.model_type) == (original.params, original.model_type)
-        assert {k: v for k, v in new.tags.items() if not k.startswith("migrat")} == original.tags
+        assert {k: v for k, v in new.tags.items() if not k.startswith(("migrat", "mlflow.note"))} == \
+            {k: v for k, v in original.tags.items() if k != "mlflow.note.content"}
+        # its description links the run's copy, not the original
+        assert new.tags["mlflow.note.content"] == original.tags["mlflow.note.content"].replace(
+            f"/experiments/{experiment.experiment_id}/runs/{run_id}", f"/experiments/{target_id}/runs/{copy}").replace(
+            run_id, copy) and run_id not in new.tags["mlflow.note.content"]
         assert new.tags[MIGRATED_FROM_TAG] == original.model_id
         assert sorted((m.key, m.value, m.step) for m in new.metrics) == \
             sorted((m.key, m.value, m.step) for m in original.metrics) != []
@@ -93,7 +98,7 @@ def test_a_runs_logged_models_move_with_it_and_score_as_before(make_cfg, trackin
 
     # each model loads by the copy's run ID and predicts exactly as the original
     rows = np.random.default_rng(0).normal(size=(64, 28)).astype(np.float32)
-    for name in ("model", "best_model"):
+    for name in ("fit-none-tiny", "fit-none-tiny-best"):
         expected = _predict(tracking_uri, f"runs:/{run_id}/{name}", rows)
         assert np.array_equal(_predict(destination_uri, f"runs:/{copy}/{name}", rows), expected)
     capsys.readouterr()
@@ -106,9 +111,9 @@ def test_a_runs_logged_models_move_with_it_and_score_as_before(make_cfg, trackin
     for model in copies.values():
         destination.delete_logged_model(model.model_id)
     assert migrate(tracking_uri, destination_uri) == {}
-    assert sorted(m.name for m in _models(destination, target_id)) == ["best_model", "model"]
-    assert np.array_equal(_predict(destination_uri, f"runs:/{copy}/model", rows),
-                          _predict(tracking_uri, f"runs:/{run_id}/model", rows))
+    assert sorted(m.name for m in _models(destination, target_id)) == ["fit-none-tiny", "fit-none-tiny-best"]
+    assert np.array_equal(_predict(destination_uri, f"runs:/{copy}/fit-none-tiny", rows),
+                          _predict(tracking_uri, f"runs:/{run_id}/fit-none-tiny", rows))
 
 
 def test_migration_is_idempotent_in_every_direction_and_never_into_its_own_store(make_cfg, tracking_uri, tmp_path):

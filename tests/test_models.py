@@ -1,4 +1,4 @@
-"""Logged models (final and best) that load by run ID and score as the run said; early stopping and the schedule, alike in both loops."""
+"""Logged models (final and best) named after their run, described, that load by run ID and score as the run said; early stopping and the schedule, alike in both loops."""
 
 import math
 
@@ -12,6 +12,7 @@ from src.core.errors import ConfigError
 from src.core.metrics import EPOCH_METRICS
 from src.data.higgs import load_higgs
 from src.experiments.train import train
+from src.tracking.models import logged_model_uri
 from src.training.monitor import EpochMonitor
 
 STOPPING = ["train.epochs=12", "train.early_stopping.enabled=true", "train.early_stopping.patience=2",
@@ -56,21 +57,34 @@ def test_both_loops_stop_alike_and_their_logged_models_score_as_the_runs_said(ma
     assert best == expected_best and fit_tags["best_value"] == repr(val_bce[best])
     assert epochs - 1 - best == 2  # patience
 
-    # the logged models load by run ID and give exactly the run's validation accuracy
+    # the logged models are named after their run and load by run ID (and name) or by their role, giving exactly
+    # the run's validation accuracy
     splits = load_higgs(fit_cfg.data)
-    assert _accuracy(f"runs:/{fit.run_id}/model", splits) == fit_history["val_accuracy"][-1]
-    assert _accuracy(f"runs:/{fit.run_id}/best_model", splits) == fit_history["val_accuracy"][best]
+    assert (fit.run_name, tape.run_name) == ("fit-none-tiny", "tape-none-tiny")
+    assert _accuracy(f"runs:/{fit.run_id}/fit-none-tiny", splits) == fit_history["val_accuracy"][-1]
+    assert _accuracy(f"runs:/{fit.run_id}/fit-none-tiny-best", splits) == fit_history["val_accuracy"][best]
+    assert _accuracy(logged_model_uri(client, fit.run_id, "best_model"), splits) == fit_history["val_accuracy"][best]
     # restore_best: the tape run ended with its best epoch's weights, so its final model is that epoch's
-    assert _accuracy(f"runs:/{tape.run_id}/model", splits) == tape_history["val_accuracy"][best]
+    assert _accuracy(logged_model_uri(client, tape.run_id, "model"), splits) == tape_history["val_accuracy"][best]
     logged = client.search_logged_models(experiment_ids=[client.get_run(fit.run_id).info.experiment_id])
-    mine = sorted((m.name, m.tags.get("best_epoch")) for m in logged if m.source_run_id == fit.run_id)
-    assert mine == [("best_model", str(best)), ("model", None)]
+    mine = {m.tags["logged_as"]: m for m in logged if m.source_run_id == fit.run_id}
+    assert {role: (m.name, m.tags.get("best_epoch")) for role, m in mine.items()} == {
+        "best_model": ("fit-none-tiny-best", str(best)), "model": ("fit-none-tiny", None)}
+    # each says in its description (the UI's, on the model's page) its run, its weights and their epoch
+    link = f"[fit-none-tiny](#/experiments/{client.get_run(fit.run_id).info.experiment_id}/runs/{fit.run_id})"
+    assert mine["model"].tags["mlflow.note.content"].startswith(
+        f"The final model of run {link}: the weights of epoch {epochs - 1}, the last (epochs count from 0")
+    assert mine["best_model"].tags["mlflow.note.content"].startswith(
+        f"The best model of run {link}: the weights of epoch {best}, the best by val_binary_crossentropy")
+    (tape_final,) = [m for m in logged if m.source_run_id == tape.run_id and m.tags["logged_as"] == "model"]
+    assert f"the weights of epoch {best}, the best by val_binary_crossentropy, restored when training ended" in \
+        tape_final.tags["mlflow.note.content"]
     # in MLflow's Keras 3 flavor, with a signature (28 float32 features -> one probability) and an input example
-    info = mlflow.models.get_model_info(f"runs:/{fit.run_id}/model")
+    info = mlflow.models.get_model_info(f"runs:/{fit.run_id}/fit-none-tiny")
     assert "keras" in info.flavors and info.flavors["keras"]["keras_version"] == keras.__version__
     assert info.signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 28)}}]
     assert info.signature.outputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 1)}}]
-    local = mlflow.artifacts.download_artifacts(f"runs:/{fit.run_id}/model")
+    local = mlflow.artifacts.download_artifacts(f"runs:/{fit.run_id}/fit-none-tiny")
     example = np.asarray(mlflow.models.Model.load(local).load_input_example(local))
     assert example.shape[1:] == (28,) and np.array_equal(example, np.asarray(splits.x_val[:len(example)]))
 

@@ -209,3 +209,9 @@ def test_runtime_and_dataset_differences_are_warned():
     moved = run({"devices": "/gpu:0,/gpu:1", "strategy": "mirrored"}, {"training": "c", "validation": "b"})
     assert [w.split(":")[0] for w in runtime_warnings(original, moved)] == ["devices differs", "strategy differs"]
     assert dataset_warnings(original, moved) == ["dataset digest differs (training): original a, now c: the data changed"]
+    # a run logged before the datasets showed the whole data's digest: its data_sha256 alone says the data is the same
+    older = run({"data_sha256": "f" * 64}, {"training": "first-rows", "validation": "b"})
+    newer = run({"data_sha256": "f" * 64}, {"training": "f" * 16, "validation": "f" * 16})
+    assert dataset_warnings(older, newer) == []
+    assert dataset_warnings(older, run({"data_sha256": "e" * 64}, {"training": "e" * 16}))[0].startswith(
+        "data digest differs: original ffffffffffffffff, now eeeeeeeeeeeeeeee")

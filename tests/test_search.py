@@ -90,6 +90,7 @@ def test_a_search_prunes_hopeless_trials_and_records_the_best_on_its_parent_run(
         tags, number = run.data.tags, int(run.data.tags["optuna.trial"])
         assert run.info.status == "FINISHED" and tags[PARENT_TAG] == parent.info.run_id
         assert run.info.run_name.startswith(f"trial {number} ") and tags["optuna.state"] == states[number]
+        assert (tags["loop"], tags["reg"], tags["model"], tags["task"]) == ("fit", "l2", "tiny", "binary")  # filterable
         trial = study.trials[number]
         assert float(run.data.params["reg.l2"]) == trial.params["reg.l2"]  # the sampled value, exactly
         epochs = len(history(client, run.info.run_id, ["val_binary_crossentropy"])["val_binary_crossentropy"])
@@ -108,7 +109,12 @@ def test_a_search_prunes_hopeless_trials_and_records_the_best_on_its_parent_run(
     assert parent.data.metrics["best_val_binary_crossentropy"] == best.value
     assert parent.data.metrics["trials_pruned"] == list(states.values()).count("PRUNED")
     assert parent.data.metrics["trials_complete"] + parent.data.metrics["trials_pruned"] == 3
-    assert {k: float(parent.data.params[k]) for k in best.params} == best.params  # beside the shared config
+    # the best values as tags, which a continued search refreshes; never as params, which could not change
+    assert {k: float(parent.data.tags[f"best.{k}"]) for k in best.params} == best.params
+    assert not set(best.params) & set(parent.data.params) and parent.data.params["model.name"] == "tiny"
+    assert parent.data.tags["mlflow.note.content"].endswith(
+        f"**Best trial so far**: {best.number}, best_val_binary_crossentropy {best.value:.6g}: "
+        + ", ".join(f"`{k}={v!r}`" for k, v in best.params.items()))
     assert parent.info.run_name == "search 3× tiny 4ep reg.l2×train.learning_rate"
     assert parent.data.tags["optuna.best_run_id"] in {r.info.run_id for r in trials}
     figures = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
@@ -226,6 +232,10 @@ def test_two_workers_share_one_study_and_its_parent_run_and_a_study_resumes_by_n
         "mlflow.note.content"]
     assert "dead" not in parent.data.tags and "compare/" not in parent.data.tags["mlflow.note.content"]
     assert parent.data.tags["optuna.best_trial"] == str(study.best_trial.number)
+    assert {k: float(parent.data.tags[f"best.{k}"]) for k in study.best_params} == study.best_params
+    assert not set(study.best_params) & set(parent.data.params)  # no earlier batch's best left as a param
+    note = parent.data.tags["mlflow.note.content"]  # one line names the best trial, replaced after every batch
+    assert note.count("**Best trial so far**") == 1 and f"**Best trial so far**: {study.best_trial.number}, " in note
 
 
 

@@ -96,7 +96,7 @@ def test_the_default_stores_runs_move_into_the_server_whole_and_reproduce_there(
 
     # the copy's models load by its run ID, through the server, and predict exactly as the originals
     rows = np.random.default_rng(0).normal(size=(64, 28)).astype(np.float32)
-    for name in ("model", "best_model"):
+    for name in (old_children[0].info.run_name, f"{old_children[0].info.run_name}-best"):  # named after the run
         mlflow.set_tracking_uri(local)
         expected = np.asarray(mlflow.pyfunc.load_model(f"runs:/{old}/{name}").predict(rows))
         mlflow.set_tracking_uri(pg_server.url)

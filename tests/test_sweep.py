@@ -120,3 +120,37 @@ def test_compare_draws_and_tables_the_latest_sweep_and_logs_it_on_the_parent(swe
 
     # one sweep in the store: asking for the two latest is a one-line error
     assert main(["--latest", "2", "--tracking-uri", uri]) == 2
+
+
+@pytest.mark.slow  # ~40 s (85 s on a busy machine): a sweep and a search of their own, logging models
+def test_register_best_puts_a_sweeps_and_a_searchs_best_model_in_the_registry_as_alias_best(tmp_path, higgs_file):
+    import mlflow
+    import numpy as np
+
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    common = ["model=tiny", "train.epochs=2", f"data.path={higgs_file}", "data.n_validation=500", "data.n_train=1000",
+              "quiet=true", "mlflow.log_models=true", "mlflow.register_best=true", f"mlflow.tracking_uri={uri}",
+              f"mlflow.artifact_location={tmp_path}/mlruns/artifacts"]
+    runs = {
+        "swept": ["-m", "reg=none,l2", f"hydra.sweep.dir={tmp_path}/sweep"],
+        "searched": ["-m", "hydra/sweeper=optuna", "reg=l2", "reg.l2=tag(log, interval(1e-5, 1e-2))",
+                     "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=0", f"hydra.sweep.dir={tmp_path}/search",
+                     f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db"],
+    }
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    rows = np.random.default_rng(0).normal(size=(16, 28)).astype(np.float32)
+    for experiment, args in runs.items():
+        proc = run_module("src.train", [*args, *common, f"mlflow.experiment_name={experiment}"], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"best model registered: models:/{experiment}@best" in proc.stderr
+        [parent] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                                      filter_string="tags.sweep = 'true'")
+        best_run = parent.data.tags.get("best_run_id") or parent.data.tags["optuna.best_run_id"]
+        version = client.get_model_version_by_alias(experiment, "best")
+        assert version.run_id == best_run and parent.data.tags["registered_best"] == f"models:/{experiment}@best"
+        [best_model] = [m for m in client.search_logged_models([parent.info.experiment_id])
+                        if m.source_run_id == best_run and m.tags["logged_as"] == "best_model"]
+        assert version.source == f"models:/{best_model.model_id}"  # the best epoch's weights of the best run
+        registered = mlflow.pyfunc.load_model(f"models:/{experiment}@best").predict(rows)
+        assert np.array_equal(registered, mlflow.pyfunc.load_model(f"models:/{best_model.model_id}").predict(rows))

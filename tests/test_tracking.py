@@ -30,7 +30,11 @@ def test_a_run_shows_its_source_user_and_readable_tags_and_samples_the_machine(m
     tags = run.data.tags
     assert (tags["mlflow.source.name"], tags["mlflow.source.type"]) == ("src.train", "LOCAL")
     assert tags["mlflow.user"] == getpass.getuser() and len(tags["mlflow.source.git.commit"]) == 40
-    assert not {"loop", "reg", "model"} & set(tags)  # they only repeated params
+    # the options and the task as tags too, so the UI filters by them (tags.reg = 'none')
+    assert {k: tags[k] for k in ("loop", "reg", "model", "data", "task")} == {
+        k: run.data.params[p] for k, p in (("loop", "loop.name"), ("reg", "reg.name"), ("model", "model.name"),
+                                           ("data", "data.name"), ("task", "task"))}
+    assert (tags["loop"], tags["task"]) == ("fit", "binary")
     assert tags["strategy"] == "default"
     experiment = client.get_experiment(run.info.experiment_id)  # it says what it holds
     assert experiment.tags["project"] == "overfit-lab" and "python -m src.compare" in experiment.tags["mlflow.note.content"]
@@ -107,3 +111,27 @@ def test_printed_links_open_the_model_training_pages_where_the_ui_runs():
     served = TrackedRun("http://alice:pw@ml.example:8080/mlflow", "abc", "1", "r", writer=None, client=object())
     assert served.ui_hint() == ("MLflow run ID abc: "
                                 "http://ml.example:8080/mlflow/#/experiments/1/runs/abc?workflowType=machine_learning")
+
+
+def test_two_training_sets_that_differ_past_mlflows_first_rows_show_different_digests():
+    """MLflow's own digest hashes the first 10,000 values only: a change in the last row would not show."""
+    import numpy as np
+
+    from src.data.splits import Splits
+    from src.tracking.datasets import split_datasets
+
+    rows = np.random.default_rng(0).normal(size=(2000, 29)).astype(np.float32)
+    changed = rows.copy()
+    changed[-1, 1] += 1
+    digests = [{c: d.digest for c, d in split_datasets(Splits.of((r[100:, 1:], r[100:, 0]), (r[:100, 1:], r[:100, 0]),
+                                                                  source="made here", name="made")).items()}
+               for r in (rows, changed)]
+    assert digests[0]["training"] != digests[1]["training"]
+
+
+def test_a_logged_models_name_is_its_runs_without_what_mlflow_refuses_in_one():
+    from src.tracking.models import model_name
+
+    assert model_name("fit-l2-large", "model") == "fit-l2-large"
+    assert model_name("trial 3 fit-l2-my.net", "best_model") == "trial 3 fit-l2-my-net-best"  # '.' is refused
+    assert model_name("a/b:c%d\"e'f", "model") == "a-b-c-d-e-f"

@@ -25,7 +25,8 @@ EVALUATED_MODEL_TAG = "evaluated_model"
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m src.evaluate",
-        description="Load a run's logged model (runs:/RUN_ID/MODEL) and score it on rows of the run's data (for "
+        description="Load a run's logged model (its final or best one, named after the run) and score it on rows "
+        "of the run's data (for "
         "HIGGS, of any file in the UCI layout), by the run's task: binary cross-entropy, accuracy (probability > 0.5), "
         "ROC AUC and the ROC curve; multiclass cross-entropy, accuracy and the confusion matrix; regression mean "
         f"squared and absolute error and the residuals. Logged as a new run tagged {EVALUATED_RUN_TAG}=RUN_ID (or "
@@ -36,7 +37,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("run_id", metavar="RUN_ID", help="the run whose model to score")
     parser.add_argument("overrides", nargs="*", metavar="data.KEY=VALUE",
                         help="data settings to change from the run's (e.g. data.path=FILE, data.n_validation=5000)")
-    parser.add_argument("--model", default="model", help="the logged model: model (final) or best_model")
+    parser.add_argument("--model", default="model",
+                        help="the run's logged model: model (final) or best_model (each is named after its run)")
     parser.add_argument("--split", choices=("validation", "training"), default="validation",
                         help="the run's validation rows (the first data.n_validation) or its training rows")
     parser.add_argument("--rows", default=None, metavar="START:END",
@@ -120,7 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run = store.get_run(client, args.run_id, uri)
         cfg, _, _ = logged_config(client, run)
         x, y, described = evaluation_data(cfg, args.overrides, args.split, args.rows)
-        outputs, model_id = _predict(uri, args.run_id, args.model, x)
+        outputs, model_id = _predict(uri, client, args.run_id, args.model, x)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -152,13 +154,13 @@ def _log_evaluation(client, run, model_name: str, model_id: Optional[str], value
     from mlflow.entities import Metric, Param
 
     from src.analysis import plots
-    from src.core import compat
-    from src.tracking.datasets import dataset_source, log_datasets
+    from src.data.splits import rows_sha256
+    from src.tracking.datasets import dataset_source, log_datasets, shown_digest
     from src.tracking.provenance import source_tags
     from src.tracking.store import PARENT_TAG
 
     scored = mlflow.data.from_numpy(x, targets=y, source=dataset_source(source), name=f"evaluation-{described}",
-                                    digest=compat.numpy_dataset_digest(x, y))
+                                    digest=shown_digest(rows_sha256(x, y)))
     note = (f"Evaluation of the logged model `{model_name}` of run [{run.info.run_name}](#/experiments/"
             f"{run.info.experiment_id}/runs/{run.info.run_id}) on {described} of {store.redact(source)}: "
             + ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
@@ -184,22 +186,24 @@ def _log_evaluation(client, run, model_name: str, model_id: Optional[str], value
     return new_id
 
 
-def _predict(uri: str, run_id: str, model_name: str, x: np.ndarray) -> Tuple[np.ndarray, Optional[str]]:
-    """The logged model's outputs for `x` (probabilities, or a regression's values) and its model ID; a one-line
-    error when the run has no such model."""
+def _predict(uri: str, client, run_id: str, role: str, x: np.ndarray) -> Tuple[np.ndarray, Optional[str]]:
+    """The outputs for `x` (probabilities, or a regression's values) of the run's logged model of `role` (FINAL or
+    BEST, whatever its name) and its model ID; a one-line error when the run has no such model."""
     import mlflow
     import mlflow.pyfunc
+
+    from src.tracking.models import require_logged_model
 
     mlflow.set_tracking_uri(uri)
     import keras
 
     keras.utils.disable_interactive_logging()  # the flavor's predict would draw a progress bar on stdout
+    model_uri = require_logged_model(client, run_id, role)
     try:
-        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/{model_name}")
+        model = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:  # MLflow raises its own, or OSError, by artifact store
         first = first_line(exc)
-        raise TrackingError(f"run {run_id}: no logged model {model_name!r} ({first}); runs log one unless "
-                            "mlflow.log_models=false") from None
+        raise TrackingError(f"run {run_id}: its logged model {role!r} ({model_uri}) does not load: {first}") from None
     outputs = np.asarray(model.predict(x))
     model_id = getattr(model.metadata, "model_id", None)  # MLflow 3's logged model, which the metrics attach to
     return (outputs.reshape(-1) if outputs.ndim == 2 and outputs.shape[1] == 1 else outputs), model_id

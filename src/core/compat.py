@@ -86,26 +86,6 @@ def one_line_config_errors(one_line: Callable[[Exception], str]) -> None:
     hydra_utils.run_and_report = run_and_report
 
 
-def numpy_dataset_digest(features, targets) -> str:
-    """MLflow's digest of a NumPy dataset (`mlflow.data.from_numpy`'s), without its copy of each whole array.
-
-    `compute_numpy_digest` flattens each array (a copy: 1.2 GB for the full training set) to hash
-    its first MAX_ROWS values and its shape; this hashes the same values, flattened from a head of
-    whole rows.
-    """
-    import numpy as np
-    import pandas as pd
-    from mlflow.data.digest_utils import MAX_ROWS, get_normalized_md5_digest
-
-    elements = []
-    for array in (features, targets):
-        values_per_row = max(int(np.prod(array.shape[1:])), 1)
-        head = array[: -(-MAX_ROWS // values_per_row)]
-        elements.append(pd.util.hash_array(head.flatten()[:MAX_ROWS]))
-        elements.extend(np.int64(x) for x in array.shape)
-    return get_normalized_md5_digest(elements)
-
-
 def optuna_trial_id(trial) -> int:
     """The storage's ID of a trial the sweeper asked for: what a trial's job needs to report to it from elsewhere.
     (Optuna's `Trial` keeps it private; `trial.number` is per study, the storage's methods take the ID.)"""

@@ -219,6 +219,7 @@ class MlflowConfig:
     system_metrics: bool = MISSING  # MLflow's system metrics (CPU, memory, disk, network; GPU where present)
     system_metrics_seconds: float = MISSING  # how often they are sampled (and logged)
     ui_url: str = MISSING  # where `make ui` serves the local store: the printed links' base
+    register_best: bool = MISSING  # a sweep's or search's best model into the registry: models:/<experiment>@best
 
 
 @dataclass

@@ -27,12 +27,8 @@ class Splits:
         """sha256 over every value of both splits (MLflow's dataset digest samples only the first 10,000); once."""
         if "_digest" in self.__dict__:
             return self.__dict__["_digest"]
-        sha = hashlib.sha256()
-        for array in (self.x_val, self.y_val, self.x_train, self.y_train):
-            # chunks of whole rows hash the same bytes as the whole C-ordered array would
-            for start in range(0, len(array), DIGEST_CHUNK_ROWS):
-                sha.update(np.ascontiguousarray(array[start : start + DIGEST_CHUNK_ROWS]).data)
-        self.__dict__["_digest"] = sha.hexdigest()  # frozen: the attribute is set behind the dataclass's back
+        # frozen: the attribute is set behind the dataclass's back
+        self.__dict__["_digest"] = rows_sha256(self.x_val, self.y_val, self.x_train, self.y_train)
         return self.__dict__["_digest"]
 
     @classmethod
@@ -54,6 +50,16 @@ class Splits:
         if x_train.shape[1:] != x_val.shape[1:]:
             raise DataError(f"data={name}: training rows are {x_train.shape[1:]}, validation rows {x_val.shape[1:]}")
         return cls(x_val, y_val, x_train, y_train, source, name)
+
+
+def rows_sha256(*arrays: np.ndarray) -> str:
+    """sha256 over every value of the arrays, in order, hashed a chunk of whole rows at a time."""
+    sha = hashlib.sha256()
+    for array in arrays:
+        # chunks of whole rows hash the same bytes as the whole C-ordered array would
+        for start in range(0, len(array), DIGEST_CHUNK_ROWS):
+            sha.update(np.ascontiguousarray(array[start : start + DIGEST_CHUNK_ROWS]).data)
+    return sha.hexdigest()
 
 
 def _check_finite(array: np.ndarray, what: str) -> None:

@@ -20,6 +20,7 @@ from src.experiments import search
 from src.experiments.sweep import JobResult
 from src.experiments.sweep_parent import NOTE_TAG, find_parent_run_id
 from src.experiments.train import train
+from src.tracking.models import retitle_models
 from src.tracking.store import CONFIG_DIRS_TAG, client
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,10 @@ def run_job(cfg: DictConfig) -> Optional[dict]:
         job.status, job.run_id, job.run_name, job.error = result.status, result.run_id, result.run_name, result.error
         if reporter and reporter.pruned_epoch is not None and result.status == FINISHED:
             job.status = PRUNED
-            client(cfg.mlflow.tracking_uri).update_run(result.run_id, name=f"{result.run_name} (pruned)")
+            mlflow_client = client(cfg.mlflow.tracking_uri)
+            mlflow_client.update_run(result.run_id, name=f"{result.run_name} (pruned)")
+            if cfg.mlflow.log_models:
+                retitle_models(mlflow_client, result.run_id, result.run_name, f"{result.run_name} (pruned)")
     except KeyboardInterrupt as exc:
         job.status, job.error = KILLED, "interrupted"
         job.run_id = exc.run_id if isinstance(exc, RunInterrupted) else None

@@ -25,6 +25,7 @@ from src.experiments.verdict import (
 )
 from src.tracking.liveness import dead_reason
 from src.tracking.logged_config import ReproduceError, logged_config
+from src.tracking.models import retitle_models
 from src.tracking.store import (
     CONFIG_DIRS_TAG,
     SWEEP_OVERRIDES_TAG,
@@ -108,6 +109,7 @@ def reproduce_run(
         client.set_tag(outcome.new_id, key, value)
     # it says what it is: a name that marks it, and its verdict with a link to the original as its description
     client.update_run(outcome.new_id, name=f"{original.info.run_name} (reproduction)")
+    retitle_models(client, outcome.new_id, original.info.run_name, f"{original.info.run_name} (reproduction)")
     link = f"[{original.info.run_name}](#/experiments/{original.info.experiment_id}/runs/{run_id})"
     client.set_tag(outcome.new_id, NOTE_TAG, f"Reproduction of {link}: {verdict.summary()}")
     client.log_text(outcome.new_id, _report(outcome), VERDICT_ARTIFACT)

@@ -1,4 +1,5 @@
-"""A search's summary on its MLflow parent run: the best trial's params and value, the trial counts, Optuna's figures."""
+"""A search's summary on its MLflow parent run: the best trial's values (tags) and value, the trial counts, Optuna's
+figures."""
 
 import logging
 import time
@@ -12,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 def record_study(study, objective: Objective, parent_run_id: str, tracking_uri: str) -> Dict[str, Any]:
-    """Log the best trial's params and value, the trial counts and Optuna's figures on the parent run."""
+    """Log the best trial's values (as `best.*` tags) and value, the trial counts and Optuna's figures on the parent."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,12 +36,9 @@ def record_study(study, objective: Objective, parent_run_id: str, tracking_uri: 
         tags.update({"optuna.best_trial": str(best.number), **{f"best.{k}": str(v) for k, v in best.params.items()}})
         if "run_id" in best.user_attrs:
             tags["optuna.best_run_id"] = best.user_attrs["run_id"]
-        logged = mlflow_client.get_run(parent_run_id).data.params
-        new = {k: str(v) for k, v in best.params.items() if k not in logged}
-        if new:  # params cannot change: a resumed study's later best is in the best.* tags
-            from mlflow.entities import Param
-
-            mlflow_client.log_batch(parent_run_id, params=[Param(k, v) for k, v in new.items()])
+        # never as params: MLflow's cannot change, so a continued search's later best would sit beside a stale
+        # value; the best.* tags are refreshed after every batch (the trials hold the values as their params)
+        _describe_best(mlflow_client, parent_run_id, best, objective.name)
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
     from mlflow.entities import Metric
 
@@ -88,3 +86,14 @@ def _recount(mlflow_client, parent_run_id: str, trials: int) -> None:
     renamed = re.sub(r"^\*\*search \d+×(.*?)\*\*: \d+ runs", lambda m: f"**search {trials}×{m.group(1)}**: {trials} runs", note)
     if renamed != note:
         mlflow_client.set_tag(parent_run_id, "mlflow.note.content", renamed)
+
+
+def _describe_best(mlflow_client, parent_run_id: str, best, metric: str) -> None:
+    """The description's last line names the best trial so far and its values, replaced after every batch."""
+    import re
+
+    note = mlflow_client.get_run(parent_run_id).data.tags.get("mlflow.note.content", "")
+    values = ", ".join(f"`{k}={v!r}`" for k, v in best.params.items())
+    line = f"**Best trial so far**: {best.number}, {metric} {best.value:.6g}: {values}"
+    note = re.sub(r"\n\n\*\*Best trial so far\*\*: [^\n]*", "", note) + f"\n\n{line}"
+    mlflow_client.set_tag(parent_run_id, "mlflow.note.content", note[:5000])

@@ -24,6 +24,7 @@ from src.experiments.sweep_parent import (
     end_parent_run,
     is_search,
     log_shared_params,
+    register_best_of,
     summarize_on_parent,
     sweep_status,
 )
@@ -118,6 +119,7 @@ class _SweepParent:
     sweep_dir: Path
     ui_url: str  # mlflow.ui_url: the base of the links it prints
     search: bool = False  # an Optuna search summarizes itself (src.experiments.study_summary)
+    register_as: Optional[str] = None  # mlflow.register_best: the registered model's name (the experiment's)
     finished: bool = False
 
     @classmethod
@@ -138,7 +140,8 @@ class _SweepParent:
                                        tags={"sweep_dir": str(sweep_dir), NOTE_TAG: plan.note(sweep_dir, config.task)})
             log_shared_params(uri, run_id, config, plan.axes)
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": redact(uri)}))
-        parent = cls(uri, run_id, sweep_dir, config.mlflow.ui_url, search=is_search(hydra_cfg))
+        parent = cls(uri, run_id, sweep_dir, config.mlflow.ui_url, search=is_search(hydra_cfg),
+                     register_as=config.mlflow.experiment_name if config.mlflow.register_best else None)
         atexit.register(parent.finish, completed=False)  # on_multirun_end is skipped when a job fails
         print(f"sweep parent run {run_id}", file=sys.stderr)
         return parent
@@ -160,6 +163,8 @@ class _SweepParent:
                 except Exception as exc:  # a comparison is a nicety: the parent still ends, with its true state
                     print(f"sweep {self.run_id}: no comparison logged ({type(exc).__name__}: "
                           f"{redact(str(exc))[:200]})", file=sys.stderr)
+                if self.register_as:
+                    register_best_of(self.tracking_uri, self.run_id, self.register_as)
             end_parent_run(self.tracking_uri, self.run_id, status)
         except Exception as exc:  # at exit: a traceback here would bury the jobs' own errors
             print(f"sweep {self.run_id}: could not be ended ({type(exc).__name__}: {redact(str(exc))[:300]})",

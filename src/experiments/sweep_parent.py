@@ -136,8 +136,9 @@ class SweepPlan:
     @staticmethod
     def searched_note() -> str:
         """What a search's parent holds once its batches are done (it has no compare/ artifacts)."""
-        return ("The study's summary, refreshed after every command that adds trials: the best trial's params as "
-                "`best.*` tags and `optuna.best_trial`, its value as a metric, the trial counts (`trials_complete`, "
+        return ("The study's summary, refreshed after every command that adds trials: the best trial's values as "
+                "`best.*` tags (the searched keys are never this run's params: those could not change when more "
+                "trials find a better one) and `optuna.best_trial`, its value as a metric, the trial counts (`trials_complete`, "
                 "`trials_pruned`, `trials_failed`) and Optuna's figures under `optuna/`.")
 
 
@@ -204,3 +205,25 @@ def summarize_on_parent(tracking_uri: str, run_id: str, sweep_dir: Path, ui_url:
 def is_search(hydra_cfg) -> bool:
     """Whether a multirun is an Optuna search (hydra/sweeper=optuna) rather than a grid sweep."""
     return str(hydra_cfg.sweeper.get("_target_", "")).endswith("optuna_sweeper.OptunaSweeper")
+
+
+def register_best_of(tracking_uri: str, parent_run_id: str, experiment_name: str) -> None:
+    """mlflow.register_best: the best child's (a sweep's best_run_id, a search's optuna.best_run_id) model into the
+    registry as `models:/<experiment_name>@best`, and the parent tagged with it."""
+    from src.tracking.registry import register_best
+
+    tags = client(tracking_uri).get_run(parent_run_id).data.tags
+    best = tags.get("best_run_id") or tags.get("optuna.best_run_id")
+    if best is None:  # no finished child had a value to rank by
+        print(f"sweep {parent_run_id}: no best run, nothing registered", file=sys.stderr)
+        return
+    why = f"The best run ({best}) of {'search' if 'optuna.best_run_id' in tags else 'sweep'} {parent_run_id}."
+    try:
+        uri = register_best(tracking_uri, best, experiment_name, why=why)
+    except Exception as exc:  # the registry is a nicety: the sweep's runs and its parent's end stand without it
+        print(f"sweep {parent_run_id}: best model not registered ({type(exc).__name__}: {redact(str(exc))[:200]})",
+              file=sys.stderr)
+        return
+    if uri is not None:
+        client(tracking_uri).set_tag(parent_run_id, "registered_best", uri)
+        print(f"best model registered: {uri} (run {best})", file=sys.stderr)

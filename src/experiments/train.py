@@ -15,6 +15,7 @@ from src.core.interrupts import raise_if_interrupted, signals_blocked
 from src.core.runstates import FINISHED, SKIPPED
 from src.data.loading import load_data
 from src.data.splits import Splits
+from src.tracking.models import BEST, FINAL
 from src.tracking.provenance import config_digest
 from src.tracking.resume import ResumePoint, resume_point
 from src.tracking.run import Run, RunResult
@@ -234,12 +235,18 @@ def _log_models(job: Job, built: Built, run: Run, monitor: EpochMonitor) -> None
     example = np.asarray(job.splits.x_val[:5])
     last_epoch = len(run.result.history["loss"]) - 1
     activation = task_of(job.cfg.task).output_activation  # probabilities, or the raw values of a regression
+    final_epoch = monitor.best_epoch if monitor.restore_best and monitor.best_epoch is not None else last_epoch
     with compat.serving_input_check_skipped():  # it reloads each model just saved: ~0.45 s a model
-        run.log_model(scoring_model(built.model, activation=activation), "model", step=last_epoch, example=example,
-                      tags={"weights": "best epoch" if monitor.restore_best else "last epoch"})
+        run.log_model(scoring_model(built.model, activation=activation), FINAL, step=last_epoch, example=example,
+                      weights=f"the weights of epoch {final_epoch}, " + (
+                          f"the best by {monitor.metric}, restored when training ended" if final_epoch != last_epoch
+                          else "the last"),
+                      tags={"weights": "best epoch" if monitor.restore_best else "last epoch",
+                            "epoch": str(final_epoch)})
         if monitor.best_epoch is not None:
-            run.log_model(scoring_model(built.model, monitor.best_weights, activation=activation), "best_model",
+            run.log_model(scoring_model(built.model, monitor.best_weights, activation=activation), BEST,
                           step=monitor.best_epoch, example=example,
+                          weights=f"the weights of epoch {monitor.best_epoch}, the best by {monitor.metric}",
                           tags={"best_epoch": str(monitor.best_epoch), "monitor": monitor.metric})
 
 

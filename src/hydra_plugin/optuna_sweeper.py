@@ -100,6 +100,10 @@ class OptunaSweeper(Sweeper):
         if "best_value" in summary:
             print(f"best trial {summary['best_trial']}: {objective.name}={summary['best_value']:.6g} "
                   f"{summary['best_params']}", file=sys.stderr)
+        if parent_run_id and config.mlflow.register_best:
+            from src.experiments.sweep_parent import register_best_of
+
+            register_best_of(config.mlflow.tracking_uri, parent_run_id, config.mlflow.experiment_name)
         if failed:
             raise JobFailed(f"{failed} of {job_idx} trials failed (see the summary below)")
         return returns

@@ -5,7 +5,7 @@ Each run is copied whole: name, start and end time, end state, params, tags, eve
 and timestamps), datasets and artifacts (its config.yaml included, so `src.reproduce` works on the copy), and its
 logged models (MLflow 3 keeps them outside the run's artifacts): each one's name, params, tags, model type, status,
 files (MLmodel included, its IDs pointed at the copy) and metrics, linked to the run's copy as its output at the same
-step, so `runs:/<new ID>/model` loads and the UI lists it under the run. Sweep parents are copied before their
+step, so `runs:/<new ID>/<model name>` loads and the UI lists it under the run. Sweep parents are copied before their
 children, which then point at the copies. The destination gives each copy a new run ID (and model ID); the copy is
 tagged `migrated_from` with the original's, so running the command again copies only what is new (a run copied
 before models were copied gets its models then). A run or model that fails to copy is deleted from the destination
@@ -26,6 +26,7 @@ from src.core.errors import UserError, first_line
 from src.core.interrupts import handle_interrupts, signals_blocked
 from src.core.redaction import redact
 from src.tracking.store import PARENT_TAG, artifact_folder, default_tracking_uri, ensure_store, experiment_id
+from src.tracking.models import NOTE_TAG
 from src.tracking.store import open_store, store_identity
 
 MIGRATED_FROM_TAG = "migrated_from"  # the original run's (or logged model's) ID, on its finished copy
@@ -101,7 +102,9 @@ def copy_model(source_uri: str, destination, model, experiment_id: str, run_id: 
     from mlflow.artifacts import download_artifacts, list_artifacts
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 
-    tags = {k: v for k, v in model.tags.items() if k not in (MIGRATED_FROM_TAG, MIGRATING_FROM_TAG)}
+    moved = (f"/experiments/{model.experiment_id}/runs/{source_run_id}", f"/experiments/{experiment_id}/runs/{run_id}")
+    tags = {k: v.replace(*moved).replace(source_run_id, run_id) if k == NOTE_TAG else v  # its description: the copy's
+            for k, v in model.tags.items() if k not in (MIGRATED_FROM_TAG, MIGRATING_FROM_TAG)}
     tags.update({MIGRATING_FROM_TAG: model.model_id, MIGRATED_FROM_STORE_TAG: origin})
     copy = destination.create_logged_model(experiment_id, name=model.name, source_run_id=run_id, tags=tags,
                                            params=dict(model.params) or None, model_type=model.model_type)

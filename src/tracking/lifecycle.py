@@ -16,7 +16,7 @@ from src.core.runstates import FINISHED
 from src.tracking.claims import claim_run
 from src.tracking.datasets import log_datasets
 from src.tracking.liveness import Heartbeat, process_tags, reap_dead_runs
-from src.tracking.provenance import config_digest, flat_params, software_versions, source_tags
+from src.tracking.provenance import config_digest, flat_params, option_tags, software_versions, source_tags
 from src.tracking.run import TrackedRun, UntrackedRun
 from src.tracking.store import CONFIG_ARTIFACT, DIGEST_TAG, OVERRIDES_ARTIFACT, PARENT_TAG, client, experiment_id
 from src.tracking.writer import MetricWriter, StoreWriteError, store_error_line
@@ -156,9 +156,11 @@ def _stop_system_metrics(monitor, timeout: float = 5.0) -> None:
 
 
 def _run_tags(cfg: DictConfig, parent_run_id: Optional[str], extra_tags: Optional[Dict[str, str]]) -> Dict[str, str]:
-    """What a run starts tagged with: its config's digest, source, software, process, parent and the caller's tags."""
+    """What a run starts tagged with: its config's digest, options, source, software, process, parent and the
+    caller's tags."""
     tags = {
         DIGEST_TAG: config_digest(cfg),
+        **option_tags(cfg),
         **source_tags("src.train"),
         **software_versions(),
         **process_tags(),

@@ -42,6 +42,17 @@ def flat_params(cfg: DictConfig) -> Dict[str, str]:
     return params
 
 
+OPTION_TAGS = ("loop", "reg", "model", "data")  # the config groups whose option a run is also tagged with
+
+
+def option_tags(cfg: DictConfig) -> Dict[str, str]:
+    """The run's loop, regularizer, model and data options and its task as tags: the UI filters runs by tags
+    (`tags.reg = 'l2'`), and a param's column cannot be told apart from the other hundred at a glance."""
+    tags = {group: str(cfg[group].name) for group in OPTION_TAGS}
+    tags["task"] = str(getattr(cfg.task, "value", cfg.task))
+    return tags
+
+
 def git_state() -> Dict[str, str]:
     """The project's git commit and whether the work tree had uncommitted changes."""
 

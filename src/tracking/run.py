@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from src.core import compat
 from src.core.metrics import is_system_metric, store_metric_name
 from src.core.runstates import FAILED
+from src.tracking import models
 from src.tracking.claims import RESUME_CLAIM_TAG, RunTakenOver
 from src.tracking.liveness import claim_owner
 from src.tracking.store import client, metric_histories
@@ -79,9 +80,11 @@ class TrackedRun:
             if epoch not in self.already_logged:
                 self.writer.submit(epoch, {store_metric_name(key): value for key, value in metrics.items()})
 
-    def log_model(self, model, name: str, *, step: int, example, tags: Optional[Dict[str, str]] = None) -> str:
+    def log_model(self, model, role: str, *, step: int, example, weights: str,
+                  tags: Optional[Dict[str, str]] = None) -> str:
         """A Keras model in MLflow's Keras flavor (with a signature and `example` rows as its input example), linked
-        to this run at `step`: it shows in the UI's "Logged models" and loads as `runs:/<run_id>/<name>`. Its ID."""
+        to this run at `step`: named after the run, described (`weights`: which, of which epoch) and tagged with its
+        `role` (models.FINAL or BEST), it shows in the UI's "Logged models" and loads as `models:/<its ID>`. Its ID."""
         import keras
         import mlflow
         import numpy as np
@@ -90,6 +93,9 @@ class TrackedRun:
 
         # MLflow's model logging goes through its fluent state: the store and the experiment the logged model
         # belongs to (without it, the model lands in experiment 0 and `runs:/` cannot find it)
+        name = models.model_name(self.run_name, role)
+        tags = {**(tags or {}), models.ROLE_TAG: role,
+                models.NOTE_TAG: models.model_note(self.run_name, self.run_id, self.experiment_id, role, weights)}
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_experiment(experiment_id=self.experiment_id)
         # the model called directly: `predict` builds a tf.function and a data adapter first (~0.2 s a model); a
@@ -182,7 +188,8 @@ class UntrackedRun:
     def log_checkpoint(self, path: Path, artifact_path: str) -> None:
         """Nothing: the chief's checkpoints are the run's (every worker holds the same state)."""
 
-    def log_model(self, model, name: str, *, step: int, example, tags: Optional[Dict[str, str]] = None) -> None:
+    def log_model(self, model, role: str, *, step: int, example, weights: str,
+                  tags: Optional[Dict[str, str]] = None) -> None:
         """Nothing: the chief logs the models."""
 
     def set_tags(self, tags: Dict[str, str]) -> None:
@@ -206,7 +213,8 @@ class Run(Protocol):
 
     def log_checkpoint(self, path: Path, artifact_path: str) -> None: ...
 
-    def log_model(self, model, name: str, *, step: int, example, tags: Optional[Dict[str, str]] = None) -> Any: ...
+    def log_model(self, model, role: str, *, step: int, example, weights: str,
+                  tags: Optional[Dict[str, str]] = None) -> Any: ...
 
     def set_tags(self, tags: Dict[str, str]) -> None: ...
 
