@@ -163,7 +163,7 @@ def test_the_ui_lists_the_sweep_shows_curves_and_the_model_and_describes_the_par
 
         page.goto(f"{url}/#/experiments/{experiment}/runs/{child.info.run_id}?workflowType=machine_learning")
         body = _text(page, f"{child.info.run_name}-best")  # "Logged models": named after the run
-        assert f"Parent run" in body or parent.info.run_name in body
+        assert "Parent run" in body or parent.info.run_name in body
         page.screenshot(path=str(SCREENSHOTS / "child_overview.png"))
 
         page.get_by_text("Model metrics", exact=True).first.click()
