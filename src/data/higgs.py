@@ -112,7 +112,7 @@ def _url_rows(data: DictConfig, n_rows: Optional[int], cache_dir: Path, progress
     try:
         identity = remote_identity(url, data.timeout_seconds)
     except DataError as exc:
-        usable = [e for e in cached_entries_of(cache_dir, url) if e.covers(n_rows)]
+        usable = [e for e in cached_entries_of(cache_dir, url) if e.covers(n_rows) and not e.legacy]
         if not usable:
             raise DataError(f"{exc}; set data.path to a local copy of HIGGS.csv.gz") from None
         log.warning("%s; using its rows cached on %s", exc, usable[0].header["ingested_at"])
