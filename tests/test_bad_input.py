@@ -32,6 +32,11 @@ CASES = [
     # --- config ---
     ("unknown-group-option", ["model=huge"], r"model[=/]huge"),
     ("misspelled-key", ["train.epoch=3"], r"train\.epoch\b"),
+    # Hydra's + adds a key even in struct mode: the schema refuses it, naming the nearest key
+    ("added-unknown-key", ["+train.epochz=3"], r"^train\.epochz: no such config key \(did you mean train\.epochs\?\)$"),
+    ("added-unknown-optimizer-key", ["+optimizer.beta_one=0.8"],
+     r"^optimizer\.beta_one: no such config key \(optimizer has _target_, _partial_, name; nor is it an argument of "
+     r"keras\.optimizers\.Adam\)$"),
     ("wrong-type", ["train.epochs=abc"], r"train\.epochs=abc"),
     ("epochs-zero", ["train.epochs=0"], r"^train\.epochs=0: must be at least 1$"),
     ("epochs-negative", ["train.epochs=-1"], r"^train\.epochs=-1: must be at least 1$"),
@@ -129,7 +134,7 @@ CASES = [
 
 
 # One case per error family, also run as the real command line.
-CLI_CASES = ("unknown-group-option", "epochs-zero", "28-fields", "tracking-server-not-listening")
+CLI_CASES = ("unknown-group-option", "added-unknown-key", "epochs-zero", "28-fields", "tracking-server-not-listening")
 
 
 def _case_id(case) -> str:
