@@ -16,7 +16,7 @@ def split_datasets(splits) -> Dict[str, Any]:
     source = dataset_source(splits.source)
     arrays = {"training": (splits.x_train, splits.y_train), "validation": (splits.x_val, splits.y_val)}
     return {
-        context: mlflow.data.from_numpy(x, targets=y, source=source, name=f"{splits.name}-{suffix}",
+        context: mlflow.data.from_numpy(x, targets=y, source=source, name=redact(f"{splits.name}-{suffix}"),
                                         digest=compat.numpy_dataset_digest(x, y))
         for context, suffix in SPLITS
         for x, y in [arrays[context]]

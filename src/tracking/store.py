@@ -157,6 +157,7 @@ def experiment_id(tracking_uri: str, name: str, artifact_location: Optional[str]
 
     if not name.strip():
         raise TrackingError("mlflow.experiment_name: must not be empty")
+    name = redact(name)  # the name as resolved may hold a secret (${oc.env:...}): the store holds it masked
     mlflow_client = client(tracking_uri)
     experiment = mlflow_client.get_experiment_by_name(name)
     remote = tracking_uri.startswith(("http://", "https://"))
@@ -246,7 +247,7 @@ def metric_histories(mlflow_client, run, keys=None) -> Histories:
 def finished_run_with_digest(tracking_uri: str, experiment_name: str, digest: str) -> Optional[str]:
     """The ID of a FINISHED run of the experiment with this config digest, if any (resume)."""
     mlflow_client = client(tracking_uri)
-    experiment = mlflow_client.get_experiment_by_name(experiment_name)
+    experiment = mlflow_client.get_experiment_by_name(redact(experiment_name))  # as experiment_id named it
     if experiment is None:
         return None
     runs = mlflow_client.search_runs(
@@ -263,7 +264,7 @@ def resumable_run(tracking_uri: str, experiment_name: str, digest: str, checkpoi
     from src.tracking.liveness import reap_dead_runs
 
     mlflow_client = client(tracking_uri)
-    experiment = mlflow_client.get_experiment_by_name(experiment_name)
+    experiment = mlflow_client.get_experiment_by_name(redact(experiment_name))  # as experiment_id named it
     if experiment is None:
         return None
     reap_dead_runs(mlflow_client, experiment.experiment_id)
