@@ -183,7 +183,8 @@ def fit(job: Job, built: Built, run: Run, on_epoch_end: Sequence) -> EpochMonito
     settings = LoopSettings.from_config(
         cfg, strategy=built.strategy, steps_per_epoch=built.steps_per_epoch, initial_epoch=job.first_epoch,
         on_epoch_end=(run.log_epoch, checkpointer, raise_if_interrupted, *on_epoch_end), monitor=monitor,
-        restore=None if resume is None else lambda m, o: checkpoints.restore(resume.snapshot, m, o, monitor),
+        restore=None if resume is None else lambda m, o: checkpoints.restore(
+            resume.snapshot, m, o, monitor, origin=f"run {resume.run.info.run_id}'s checkpoint"),
     )
     try:
         loops.LOOPS[cfg.loop.name](built.model, built.train_ds, built.val_ds, cfg.loop, settings)
