@@ -249,7 +249,9 @@ def _monitor_tags(monitor: EpochMonitor, *, epochs_run: int) -> Dict[str, str]:
 
 def _with_absolute_data_path(cfg: DictConfig) -> DictConfig:
     """A copy whose `data.path` is absolute, so the logged config reruns from any directory."""
+    from src.data.higgs import data_path  # its one-line errors: a symlink loop, a process substitution
+
     cfg = cfg.copy()
     if OmegaConf.select(cfg, "data.path", default=None) is not None:
-        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+        cfg.data.path = str(data_path(cfg.data.path))
     return cfg
