@@ -261,3 +261,26 @@ def test_an_interrupted_search_leaves_no_trial_running_in_its_study(tmp_path, hi
     assert proc.returncode == 130
     study = optuna.load_study(study_name="cut", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert [t.state.name for t in study.trials] == ["FAIL"]  # told, never left RUNNING
+
+
+@pytest.mark.slow  # ~9 s each: the command's start-up
+@pytest.mark.parametrize("storage, why", [
+    ("sqlite:///{tmp}/a_file/optuna.db", "unable to open database file"),  # its folder is a file
+    ("postgresql+psycopg2://optuna:s3cretPW@127.0.0.1:{port}/optuna", "Connection refused"),  # no server there
+])
+def test_a_storage_that_cannot_be_opened_is_one_line_naming_it_and_no_parent_run(tmp_path, higgs_file, storage, why):
+    """It once said "sweep: its parent run could not be made (OperationalError: ...)"."""
+    from tests.helpers import free_port
+
+    (tmp_path / "a_file").write_text("a file where a folder should be\n")
+    storage = storage.format(tmp=tmp_path, port=free_port())
+    proc = run_module("src.train", _search_args(tmp_path, higgs_file, "hydra.sweeper.n_trials=1",
+                                                f"hydra.sweeper.storage={storage}", f"hydra.sweep.dir={tmp_path}/sweep"),
+                      cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1 and "s3cretPW" not in proc.stdout + proc.stderr
+    shown = storage.replace(":s3cretPW@", ":***@")
+    (line,) = [x for x in error_lines(proc.stderr) if "hydra.sweeper.storage" in x or "Error" in x]
+    assert line.startswith(f"hydra.sweeper.storage={shown}: cannot open the study's storage (") and why in line, line
+    db = tmp_path / "mlruns" / "mlflow.db"
+    assert not db.exists() or not [r for e in MlflowClient(f"sqlite:///{db}").search_experiments()
+                                   for r in MlflowClient(f"sqlite:///{db}").search_runs([e.experiment_id])]

@@ -8,6 +8,7 @@ its storage, so pruning works in any launcher's worker on any machine that reach
 
 import logging
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.core import compat
 from src.core.errors import ConfigError, first_line
 from src.core.metrics import LEGACY_TASK, data_loss, monitorable
+from src.core.redaction import redact
 from src.core.runstates import PRUNED
 
 log = logging.getLogger(__name__)
@@ -172,7 +174,11 @@ def storage_of(url: Optional[str]):
         raise ConfigError("hydra.sweeper.storage: required (e.g. sqlite:///optuna.db, or postgresql+psycopg2://... "
                           "shared by workers on several machines): trials report to the study through it")
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)  # it connects (and makes its tables) here
+    except Exception as exc:  # SQLAlchemy's (no driver, a bad URL, no server), Optuna's, an unwritable SQLite folder
+        why = re.sub(r"^\(\w+\.\w+\) ", "", first_line(exc))
+        raise ConfigError(f"hydra.sweeper.storage={redact(url)}: cannot open the study's storage ({why})") from None
 
 
 def new_study_name() -> str:
