@@ -167,7 +167,8 @@ def test_a_bad_objective_is_a_one_line_error_before_any_trial_or_parent_run(tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("space, message", [
-    ("reg.l3=tag(log, interval(1e-5, 1e-2))", "reg.l3: no such config key, so the search cannot vary it"),
+    ("reg.l3=tag(log, interval(1e-5, 1e-2))",
+     "reg.l3: no such config key, so the search cannot vary it (reg has name, l2, dropout)"),  # + cannot add it
     ("train.learning_rate=interval(0.1, 0.01)", "train.learning_rate=interval(0.1, 0.01): not a search range"),
 ])
 def test_a_bad_search_space_is_one_line_before_any_study_or_parent_run(tmp_path, higgs_file, space, message):

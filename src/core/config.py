@@ -139,15 +139,19 @@ def _check_known_keys(node: DictConfig, path: str = "") -> None:
         if unknown and "_target_" in node:
             unknown = [k for k in unknown if k not in _target_arguments(node._target_)]
         if unknown:
-            near = difflib.get_close_matches(str(unknown[0]), known, n=1)
-            hint = f"did you mean {path}{near[0]}?" if near else f"{path.rstrip('.') or 'the config'} has {', '.join(known)}"
-            if "_target_" in node:
-                hint += f"; nor is it an argument of {node._target_}"
-            raise ConfigError(f"{path}{unknown[0]}: no such config key ({hint})")
+            raise ConfigError(f"{path}{unknown[0]}: no such config key ({unknown_key_hint(node, unknown[0], path)})")
     for key in node.keys():
         child = node._get_node(key)
         if isinstance(child, DictConfig):
             _check_known_keys(child, f"{path}{key}.")
+
+
+def unknown_key_hint(node: DictConfig, key: str, path: str) -> str:
+    """What to say of `key`, absent from the schema-typed `node` (at `path`): its nearest key, else the keys it has."""
+    known = [f.name for f in dataclasses.fields(OmegaConf.get_type(node))]
+    near = difflib.get_close_matches(str(key), known, n=1)
+    hint = f"did you mean {path}{near[0]}?" if near else f"{path.rstrip('.') or 'the config'} has {', '.join(known)}"
+    return hint + (f"; nor is it an argument of {node._target_}" if "_target_" in node else "")
 
 
 def _target_arguments(target: str) -> List[str]:

@@ -89,12 +89,26 @@ def _range_values(sweep) -> List[Any]:
 
 def check_space(config: DictConfig, arguments: Sequence[str], params: Dict[str, str]) -> None:
     """The search space checked before a parent run or a study exists: every range well-formed, every key one the
-    config has (`+key` adds one on purpose)."""
+    config has (`+key` adds one on purpose, to a user's own option)."""
     _, space = search_space(arguments, params)
     absent = object()
     for key in space:
         if not key.startswith("+") and OmegaConf.select(config, key, default=absent) is absent:
-            raise ConfigError(f"{key}: no such config key, so the search cannot vary it (add it with +{key}=...)")
+            raise ConfigError(f"{key}: no such config key, so the search cannot vary it ({_absent_key_hint(config, key)})")
+
+
+def _absent_key_hint(config: DictConfig, key: str) -> str:
+    """The nearest key of a schema's section (which + cannot extend: see config.validate), or how to add one to a
+    user's own option."""
+    import dataclasses
+
+    from src.core.config import unknown_key_hint
+
+    section, _, name = key.rpartition(".")
+    node = OmegaConf.select(config, section) if section else config
+    if isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node)):
+        return unknown_key_hint(node, name, f"{section}." if section else "")
+    return f"add it with +{key}=..."
 
 
 def trial_overrides(params: Dict[str, Any]) -> List[str]:

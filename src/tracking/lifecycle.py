@@ -124,7 +124,7 @@ def tracked_run(
         with signals_blocked():
             if writer is not None:
                 writer.abandon()
-            if ours():
+            if ours() and not (writer is not None and writer.broken):  # a store known gone: its line was said
                 _quietly(mlflow_client.set_tag, run_id, "error", "interrupted (SIGINT/SIGTERM)")
         raise RunInterrupted(run_id) from exc
     finally:
