@@ -230,7 +230,7 @@ def test_a_cache_file_altered_in_place_is_refused_in_one_line_naming_it(tmp_path
     path = tmp_path / "higgs.csv.gz"
     path.write_bytes(gzip.compress(uci_text(block)))
     cache_dir = tmp_path / "cache"
-    load_higgs(data_cfg(path, cache_dir, n_train=2900))  # every row cached
+    load_higgs(data_cfg(path, cache_dir, n_train=-1))  # every row cached, as `python -m src.data` asks
     (cached,), _ = cache_files(cache_dir)
     rows = np.memmap(cached, dtype=np.float32, mode="r+", offset=HEADER_BYTES, shape=(3000, 29))
     rows[:, 0] = 1 - rows[:, 0]  # every label flipped
