@@ -32,6 +32,11 @@ CASES = [
     # --- config ---
     ("unknown-group-option", ["model=huge"], r"model[=/]huge"),
     ("misspelled-key", ["train.epoch=3"], r"train\.epoch\b"),
+    # Hydra's + adds a key even in struct mode: the schema refuses it, naming the nearest key
+    ("added-unknown-key", ["+train.epochz=3"], r"^train\.epochz: no such config key \(did you mean train\.epochs\?\)$"),
+    ("added-unknown-optimizer-key", ["+optimizer.beta_one=0.8"],
+     r"^optimizer\.beta_one: no such config key \(optimizer has _target_, _partial_, name; nor is it an argument of "
+     r"keras\.optimizers\.Adam\)$"),
     ("wrong-type", ["train.epochs=abc"], r"train\.epochs=abc"),
     ("epochs-zero", ["train.epochs=0"], r"^train\.epochs=0: must be at least 1$"),
     ("epochs-negative", ["train.epochs=-1"], r"^train\.epochs=-1: must be at least 1$"),
@@ -64,6 +69,8 @@ CASES = [
         id="unreadable-file",
     ),
     ("directory-not-file", ["data.path={data}"], r"^data\.path: {data}: is a directory, not a file$"),
+    ("symlink-loop", ["data.path={data}/loop_a"], r"^data\.path: {data}/loop_a: a symlink loop \(a link that leads back "
+                                                 r"to itself\)$"),
     (
         "truncated-gzip",
         ["data.path={data}/truncated.csv.gz"],
@@ -167,6 +174,8 @@ def bad_data(tmp_path_factory, higgs_file) -> Path:
     unreadable = folder / "unreadable.csv.gz"
     unreadable.write_bytes(good)
     unreadable.chmod(0)
+    (folder / "loop_a").symlink_to(folder / "loop_b")
+    (folder / "loop_b").symlink_to(folder / "loop_a")
     (folder / "a_file").write_text("a file where the store's folder should be\n")
     read_only = folder / "read_only"
     read_only.mkdir()
@@ -258,3 +267,20 @@ def test_a_source_that_is_not_a_file_is_refused_before_any_read(tmp_path, kind):
                       timeout=60)
     what = {"fifo": "is a FIFO (named pipe)", "device": "is a character device", "directory": "is a directory"}[kind]
     assert proc.returncode == 2 and error_lines(proc.stderr) == [f"error: data.path: {path}: {what}, not a file"]
+
+
+def test_a_process_substitution_is_named_as_a_pipe_not_a_missing_file(tmp_path, higgs_file):
+    """`<(zcat FILE)` is /dev/fd/N, a pipe whose resolved name (pipe:[N]) is no path: it was "no such file"."""
+    import shlex
+    import subprocess
+    import sys
+
+    command = (f"{shlex.quote(sys.executable)} -m src.data <(gzip -dc {shlex.quote(str(higgs_file))}) "
+               f"--cache-dir {shlex.quote(str(tmp_path / 'cache'))} --quiet")
+    proc = subprocess.run(["bash", "-c", command], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert re.fullmatch(r"error: data\.path: /dev/fd/\d+: is a FIFO \(named pipe\), not a file \(a process "
+                        r"substitution, <\(\.\.\.\), is one: the rows are read more than once, so write them to a file "
+                        r"first\)", "\n".join(error_lines(proc.stderr))), proc.stderr
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.rows"))

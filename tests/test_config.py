@@ -126,3 +126,20 @@ def test_values_that_cannot_train_are_rejected_naming_the_key(overrides, key):
 
 def test_tape_without_penalty_gets_its_own_run_name():
     assert run_name(_compose("loop=tape", "reg=l2", "loop.include_reg_loss=false")) == "tape-l2-large-no_reg_loss"
+
+
+@pytest.mark.parametrize("added, allowed", [
+    ("+train.early_stopping.patiense=2", False),  # a typo in a nested section
+    ("+loop.include_reg_loss=false", False),  # fit has no such key; + would add it
+    ("+reg.l3=0.1", False),
+    ("+optimizer.beta_1=0.8", True),  # a key the optimizer's _target_ (Keras's Adam) takes by name
+    ("+optimizer.amsgrad=true", True),
+])
+def test_keys_added_with_plus_must_be_schema_keys_or_the_targets_arguments(added, allowed):
+    cfg = _compose(added)
+    if allowed:
+        validate(cfg)
+    else:
+        key = added[1:].split("=")[0]
+        with pytest.raises(ConfigError, match=rf"^{key.replace('.', '[.]')}: no such config key \("):
+            validate(cfg)

@@ -12,9 +12,10 @@ from omegaconf import OmegaConf
 
 from src.core.errors import DataError
 from src.core.schema import PROJECT_ROOT
-from src.data.cache import HEADER_BYTES, MAGIC
+from src.data.cache import HEADER_BYTES, LEGACY_MAGIC, MAGIC
 from src.data.higgs import load_higgs
 from src.data.synthetic import uci_block, uci_text, write_uci_gzip
+from tests.helpers import error_lines, run_module
 
 
 def data_cfg(path, cache_dir, n_validation=100, n_train=400):
@@ -217,3 +218,50 @@ def test_a_warm_cache_of_other_columns_is_not_used_for_a_config_that_asks_fewer(
                                         r"got 29$"):
         load_higgs(fewer)
     assert len(cache_files(tmp_path / "cache")[0]) == 1  # the 28-column cache stays whole; nothing half-written
+
+
+def _src_data(path: Path, cache_dir: Path) -> subprocess.CompletedProcess:
+    return run_module("src.data", [str(path), "--cache-dir", str(cache_dir), "--quiet"], cwd=cache_dir.parent,
+                      timeout=120)
+
+
+def test_a_cache_file_altered_in_place_is_refused_in_one_line_naming_it(tmp_path, block):
+    """Labels flipped in the cached rows, same size and header: the next open refuses the file, naming it."""
+    path = tmp_path / "higgs.csv.gz"
+    path.write_bytes(gzip.compress(uci_text(block)))
+    cache_dir = tmp_path / "cache"
+    load_higgs(data_cfg(path, cache_dir, n_train=-1))  # every row cached, as `python -m src.data` asks
+    (cached,), _ = cache_files(cache_dir)
+    rows = np.memmap(cached, dtype=np.float32, mode="r+", offset=HEADER_BYTES, shape=(3000, 29))
+    rows[:, 0] = 1 - rows[:, 0]  # every label flipped
+    rows.flush()
+    del rows
+    proc = _src_data(path, cache_dir)
+    assert proc.returncode == 2, proc.stderr
+    assert error_lines(proc.stderr) == [
+        f"error: cache file {cached}: its rows do not match its header's digest (altered since it was written); "
+        f"delete it and run again to rebuild it from {path}"
+    ]
+    cached.unlink()  # what the line says to do
+    np.testing.assert_array_equal(load_higgs(data_cfg(path, cache_dir)).y_train[:, 0], block[100:500, 0])
+
+
+def test_a_cache_file_of_the_older_format_is_rebuilt_and_replaced(tmp_path, block):
+    """A v1 file (no digest of its rows) is never trusted: its source is ingested again and the old file removed."""
+    path = tmp_path / "higgs.csv.gz"
+    path.write_bytes(gzip.compress(uci_text(block)))
+    cache_dir = tmp_path / "cache"
+    load_higgs(data_cfg(path, cache_dir))
+    (cached,), _ = cache_files(cache_dir)
+    record = header(cached)
+    del record["digest"]
+    raw = bytearray(cached.read_bytes())
+    raw[:HEADER_BYTES] = (LEGACY_MAGIC + json.dumps(record).encode()).ljust(HEADER_BYTES, b" ")
+    raw[HEADER_BYTES:HEADER_BYTES + 4] = np.float32(7).tobytes()  # a v1 file's rows are not checked: never used
+    legacy = cache_dir / cached.name.replace("-500.rows", "-400.rows")
+    cached.unlink()
+    legacy.write_bytes(raw)
+    splits = load_higgs(data_cfg(path, cache_dir))
+    np.testing.assert_array_equal(splits.y_val[:, 0], block[:100, 0])
+    (rebuilt,), leftovers = cache_files(cache_dir)
+    assert not leftovers and rebuilt != legacy and "digest" in header(rebuilt)

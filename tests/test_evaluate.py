@@ -54,3 +54,13 @@ def test_evaluate_scores_the_run_and_logs_a_linked_run(make_cfg, tracking_uri, c
     assert evaluate.main([result.run_id, "--tracking-uri", tracking_uri, "--model", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: run {result.run_id}: no logged model 'nope'") and err.count("\n") == 1
+
+
+def test_evaluate_on_a_sweep_parent_says_to_evaluate_a_child(tracking_uri, capsys):
+    """evaluate has no --sweep: it once said "reproduce its children with --sweep"."""
+    client = MlflowClient(tracking_uri)
+    parent = client.create_run(client.create_experiment("sweeps"), tags={"sweep": "true"}).info.run_id
+    assert evaluate.main([parent, "--tracking-uri", tracking_uri]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: run {parent} is a sweep parent; it has no model of its own: evaluate one of its children (the runs "
+        f"tagged mlflow.parentRunId={parent})"]

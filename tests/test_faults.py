@@ -430,3 +430,31 @@ def test_a_server_that_refuses_or_is_not_mlflow_is_one_line_and_credentials_go_a
                 assert "pa55word" not in str(err.value) and "bob:***@" in str(err.value)
         finally:
             server.shutdown()
+
+
+@pytest.mark.slow  # a real server's start-up is most of it
+def test_a_server_lost_during_the_final_writes_is_one_line_naming_the_store(tmp_path, higgs_file, mlflow_server):
+    """Every epoch in the store, then the server gone while the run's tags, models and figures are written: once
+    five chained tracebacks (in the job's log) and a line that named no store."""
+    epochs = 30
+    args = ["model=tiny", f"train.epochs={epochs}", f"data.path={higgs_file}", "data.n_validation=500",
+            "data.n_train=1000", "quiet=true", f"mlflow.tracking_uri={mlflow_server.url}", "mlflow.retry_seconds=5",
+            f"hydra.run.dir={tmp_path}/out"]
+    proc = subprocess.Popen(cli(*args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_id = _wait_for_epochs(proc, mlflow_server.url, epochs)
+        mlflow_server.stop()
+        stopped = time.monotonic()
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and time.monotonic() - stopped < 60
+    line = (f"mlflow.tracking_uri={mlflow_server.url}: the store stopped answering while run {run_id}'s results were "
+            f"written (no answer from the server: [Errno 111] Connection refused); the run is marked FAILED by the "
+            f"next run of the experiment if the store cannot be told now")
+    # the lines that name the store (Hydra's own "Error executing job with overrides" echoes the command line)
+    about_the_store = [x for x in stderr.splitlines() if mlflow_server.url in x and "Error executing job" not in x]
+    assert about_the_store == [line] and "Traceback" not in stderr and "WARNING mlflow" not in stderr, stderr[-3000:]
+    assert "Traceback" not in (tmp_path / "out" / "train.log").read_text()
+    assert json.loads((tmp_path / "out" / "job_result.json").read_text())["error"] == line

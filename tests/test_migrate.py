@@ -143,3 +143,25 @@ def test_migrated_artifacts_land_beside_the_destination_store_never_in_the_worki
     copy = MlflowClient(f"sqlite:///{tmp_path}/dest/mlflow.db").get_run(copy_id)
     assert copy.info.artifact_uri.startswith((tmp_path / "dest" / "artifacts").as_uri())
     assert not (elsewhere / "mlruns").exists()
+
+
+@pytest.mark.parametrize("to_case", [False, pytest.param(True, marks=pytest.mark.slow)])  # --to: a source store made
+def test_a_store_that_cannot_be_used_is_named_by_the_option_that_gave_it(tmp_path, capsys, to_case):
+    """migrate's stores are --from and --to; it once named src.train's mlflow.tracking_uri and evaluate's --tracking-uri."""
+    from src.ops.migrate import main
+
+    (tmp_path / "a_file").write_text("not a folder\n")
+    cases = [
+        (["--from", f"sqlite:///{tmp_path}/none.db", "--to", str(tmp_path / "d")],
+         f"--from: no MLflow store at {tmp_path}/none.db"),
+        (["--from", "notascheme://x", "--to", str(tmp_path / "d")], "--from notascheme://x: unsupported scheme"),
+    ]
+    if to_case:
+        MlflowClient(f"sqlite:///{tmp_path}/src.db").search_experiments()  # the source store exists
+        capsys.readouterr()  # MLflow's lines as it made it
+        cases = [(["--from", f"sqlite:///{tmp_path}/src.db", "--to", f"sqlite:///{tmp_path}/a_file/x/mlflow.db"],
+                  f"--to: cannot create {tmp_path}/a_file/x: Not a directory")]
+    for args, start in cases:
+        assert main(args) == 1
+        (line,) = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+        assert line.startswith(start), line

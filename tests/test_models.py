@@ -111,3 +111,21 @@ def test_bad_stopping_or_schedule_is_one_line(make_cfg, override, message):
     with pytest.raises(ConfigError) as err:
         train(make_cfg(override))
     assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize("name, keras_model_name", [
+    ("small", "small"),
+    ("my net", "my_net"),  # a valid option name that TensorFlow's scope pattern refuses
+    ("n-${oc.env:AWS_SECRET_ACCESS_KEY}", "n-___"),  # the secret masked: the name is saved with the model
+    ("${oc.env:AWS_SECRET_ACCESS_KEY}", "model___"),
+])
+def test_a_models_name_is_any_option_name_masked(monkeypatch, name, keras_model_name):
+    from omegaconf import OmegaConf
+
+    from src.training.models import build_model
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "Zq7SECRETvalue")
+    model = OmegaConf.create({"_target_": "src.training.models.dense", "name": name, "hidden_units": [4],
+                              "activation": "elu"})
+    reg = OmegaConf.create({"name": "none", "l2": 0.0, "dropout": 0.0})
+    assert build_model(model, reg, 28).name == keras_model_name

@@ -319,3 +319,34 @@ def test_resume_after_the_data_changed_is_refused_instead_of_splicing(make_cfg, 
     assert client.get_run(stopped.value.run_id).info.status == "KILLED" and len(all_runs(tracking_uri)) == 1
     write_uci_file(data, 3000, seed=1)  # restored: the same rows, so the run goes on
     assert train(make_cfg(*tiny, "resume=true")).run_id == stopped.value.run_id
+
+
+def test_a_checkpoint_of_other_shapes_is_one_line_naming_both(make_cfg, tracking_uri, monkeypatch):
+    """The builder changed since the run stopped (the same config, so the same digest): resume names the variable
+    and its two shapes instead of Keras's multi-line ValueError dumping the values."""
+    import functools
+
+    import src.training.models as models
+
+    tiny = ["train.epochs=3", "train.checkpoint_every=1"]
+
+    def interrupt(epoch, metrics):
+        if epoch == 0:
+            raise KeyboardInterrupt("test")
+
+    with pytest.raises(RunInterrupted) as stopped:
+        train(make_cfg(*tiny), on_epoch_end=[interrupt])
+    dense = models.dense
+
+    @functools.wraps(dense)
+    def wider(*args, hidden_units, **kwargs):  # the user's builder edited since: twice the units
+        return dense(*args, hidden_units=[2 * u for u in hidden_units], **kwargs)
+
+    monkeypatch.setattr(models, "dense", wider)
+    result = train(make_cfg(*tiny, "resume=true"))
+    run_id = stopped.value.run_id
+    assert result.status == "FAILED" and result.run_id == run_id
+    assert re.fullmatch(rf"resume: run {run_id}'s checkpoint does not fit the model: model variable \S+/kernel is "
+                        r"\(28, 16\) in it, \(28, 32\) in the model \(the model's builder or option changed since; "
+                        r"start a new run with resume=false\)", result.error), result.error
+    assert MlflowClient(tracking_uri).get_run(run_id).info.status == "FAILED"

@@ -173,7 +173,8 @@ def test_a_bad_objective_is_a_one_line_error_before_any_trial_or_parent_run(tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("space, message", [
-    ("reg.l3=tag(log, interval(1e-5, 1e-2))", "reg.l3: no such config key, so the search cannot vary it"),
+    ("reg.l3=tag(log, interval(1e-5, 1e-2))",
+     "reg.l3: no such config key, so the search cannot vary it (reg has name, l2, dropout)"),  # + cannot add it
     ("train.learning_rate=interval(0.1, 0.01)", "train.learning_rate=interval(0.1, 0.01): not a search range"),
 ])
 def test_a_bad_search_space_is_one_line_before_any_study_or_parent_run(tmp_path, higgs_file, space, message):
@@ -285,3 +286,26 @@ def test_parameter_importances_are_drawn_only_when_there_is_more_than_one_parame
     two = optuna.create_study()
     two.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("y", 0, 1), n_trials=3)
     assert set(_study_figures(two)) == {"optimization_history", "param_importances"}
+
+
+@pytest.mark.slow  # ~9 s each: the command's start-up
+@pytest.mark.parametrize("storage, why", [
+    ("sqlite:///{tmp}/a_file/optuna.db", "unable to open database file"),  # its folder is a file
+    ("postgresql+psycopg2://optuna:s3cretPW@127.0.0.1:{port}/optuna", "Connection refused"),  # no server there
+])
+def test_a_storage_that_cannot_be_opened_is_one_line_naming_it_and_no_parent_run(tmp_path, higgs_file, storage, why):
+    """It once said "sweep: its parent run could not be made (OperationalError: ...)"."""
+    from tests.helpers import free_port
+
+    (tmp_path / "a_file").write_text("a file where a folder should be\n")
+    storage = storage.format(tmp=tmp_path, port=free_port())
+    proc = run_module("src.train", _search_args(tmp_path, higgs_file, "hydra.sweeper.n_trials=1",
+                                                f"hydra.sweeper.storage={storage}", f"hydra.sweep.dir={tmp_path}/sweep"),
+                      cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1 and "s3cretPW" not in proc.stdout + proc.stderr
+    shown = storage.replace(":s3cretPW@", ":***@")
+    (line,) = [x for x in error_lines(proc.stderr) if "hydra.sweeper.storage" in x or "Error" in x]
+    assert line.startswith(f"hydra.sweeper.storage={shown}: cannot open the study's storage (") and why in line, line
+    db = tmp_path / "mlruns" / "mlflow.db"
+    assert not db.exists() or not [r for e in MlflowClient(f"sqlite:///{db}").search_experiments()
+                                   for r in MlflowClient(f"sqlite:///{db}").search_runs([e.experiment_id])]

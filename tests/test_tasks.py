@@ -296,7 +296,9 @@ def test_a_joblib_sweep_of_a_regression_picks_its_best_child_by_the_tasks_loss(t
     (["model=cnn"], r"^model=cnn: needs images \(height, width, channels\), got input shape \(30,\)"),
     (["data=diabetes", "task=binary"], r"^task=binary: the training labels must be 0 or 1"),
     (["optimizer._partial_=false"], r"^optimizer._partial_=False: must be true"),
-    (["+model.depth=3"], r"^model=small: src.training.models.dense cannot be called with .*depth"),
+    # a key the built-in option's schema lacks and its builder does not take: refused when the config is checked
+    (["+model.depth=3"], r"^model\.depth: no such config key \(model has _target_, name, hidden_units, activation; nor "
+                         r"is it an argument of src\.training\.models\.dense\)$"),
 ])
 def test_a_plug_in_that_cannot_work_is_one_line_before_any_run(task_cfg, tracking_uri, overrides, message):
     with pytest.raises((ConfigError, DataError), match=message):

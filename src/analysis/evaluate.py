@@ -120,7 +120,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         client = store.open_store(uri)
         run = store.get_run(client, args.run_id, uri)
-        cfg, _, _ = logged_config(client, run)
+        cfg, _, _ = logged_config(client, run, on_parent="it has no model of its own: evaluate one of its children "
+                                                          "(the runs tagged mlflow.parentRunId={run_id})")
         x, y, described = evaluation_data(cfg, args.overrides, args.split, args.rows)
         outputs, model_id = _predict(uri, client, args.run_id, args.model, x)
     except UserError as exc:

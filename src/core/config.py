@@ -1,5 +1,8 @@
 """The composed config: composition from conf/, the checks types cannot express, the run's name, its semantic part."""
 
+import dataclasses
+import difflib
+import inspect
 import math
 import os
 from enum import Enum
@@ -9,7 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.core.errors import ConfigError
 from src.core.metrics import monitorable
-from src.core.regularizers import REGULARIZERS, knobs_on, option_name
+from src.core.redaction import redact
+from src.core.regularizers import KERNEL_ARGUMENT, REGULARIZERS, knobs_on, option_name
 from src.core.schema import ALL_ROWS, CONFIG_DIR, LOOP_SCHEMAS
 
 # Keys (and whole sections) that do not change what a run computes: left out of its config digest. (data.task and
@@ -64,6 +68,7 @@ def to_plain(cfg: DictConfig) -> dict:
 
 def validate(cfg: DictConfig) -> None:
     """Reject values that compose but cannot be trained, naming the key."""
+    _check_known_keys(cfg)
 
     def need(ok: bool, key: str, why: str) -> None:
         if not ok:
@@ -119,6 +124,49 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.mlflow.system_metrics_seconds >= 0.1, "mlflow.system_metrics_seconds", "must be at least 0.1")
 
 
+# arguments a builder or loader is given by the project, never by an option's keys
+GIVEN_ARGUMENTS = ("input_shape", "n_outputs", "name", "progress", KERNEL_ARGUMENT, *REGULARIZERS)
+
+
+def _check_known_keys(node: DictConfig, path: str = "") -> None:
+    """ConfigError for a key that a schema-typed node does not have: Hydra's `+` adds one even in struct mode
+    (`+train.epochz=3` would train with the old epochs). A node that names a `_target_` may also hold the target's
+    own arguments (an optimizer's `beta_1`); a user's untyped option is checked by its target's signature instead."""
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        known = [f.name for f in dataclasses.fields(schema)]
+        unknown = [k for k in node.keys() if k not in known]
+        if unknown and "_target_" in node:
+            unknown = [k for k in unknown if k not in _target_arguments(node._target_)]
+        if unknown:
+            raise ConfigError(f"{path}{unknown[0]}: no such config key ({unknown_key_hint(node, unknown[0], path)})")
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _check_known_keys(child, f"{path}{key}.")
+
+
+def unknown_key_hint(node: DictConfig, key: str, path: str) -> str:
+    """What to say of `key`, absent from the schema-typed `node` (at `path`): its nearest key, else the keys it has."""
+    known = [f.name for f in dataclasses.fields(OmegaConf.get_type(node))]
+    near = difflib.get_close_matches(str(key), known, n=1)
+    hint = f"did you mean {path}{near[0]}?" if near else f"{path.rstrip('.') or 'the config'} has {', '.join(known)}"
+    return hint + (f"; nor is it an argument of {node._target_}" if "_target_" in node else "")
+
+
+def _target_arguments(target: str) -> List[str]:
+    """The arguments `target` takes by name and an option may set (none when it cannot be imported: that is its own
+    error, where it is called). Imported only when a typed option holds keys beyond its schema."""
+    from hydra.utils import get_method
+
+    try:
+        parameters = inspect.signature(get_method(target)).parameters
+    except Exception:  # an unimportable or odd target: reported, naming its key, where it is called
+        return []
+    return [name for name, p in parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in GIVEN_ARGUMENTS]
+
+
 def _validate_data(cfg: DictConfig, need) -> None:
     """The row counts of a data option that has them (HIGGS's, a table's, a bundled set's)."""
     data = cfg.data
@@ -140,4 +188,5 @@ def run_name(cfg: DictConfig) -> str:
     if cfg.data.name != TUTORIAL_DATA:  # the tutorial's runs keep their names; any other data is named
         name += f"-{cfg.data.name}"
     number = OmegaConf.select(cfg, "trial.number", default=None)
-    return name if number is None else f"trial {number} {name}"
+    # masked after interpolation: a secret reached through ${oc.env:...} in a name is written nowhere in clear
+    return redact(name if number is None else f"trial {number} {name}")

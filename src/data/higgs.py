@@ -33,7 +33,7 @@ def load_higgs(data: DictConfig, *, progress: bool = False) -> Splits:
     """Validation = the first `n_validation` rows, training = the next `n_train` (-1: all the rest), memory-mapped."""
     n_rows = None if data.n_train == ALL_ROWS else data.n_validation + data.n_train
     got = source_rows(data, n_rows, progress=progress)
-    rows, location = got.rows, data.url if data.path is None else str(Path(data.path).expanduser().resolve())
+    rows, location = got.rows, data.url if data.path is None else str(data_path(data.path))
     if n_rows is None:
         if len(rows) <= data.n_validation:
             raise DataError(
@@ -61,8 +61,21 @@ def source_rows(data: DictConfig, n_rows: Optional[int], *, progress: bool) -> "
     cache_dir = Path(data.cache_dir).expanduser()
     if data.path is None:
         return _url_rows(data, n_rows, cache_dir, progress)
-    source = local_source(Path(data.path).expanduser().resolve())
+    source = local_source(data_path(data.path))
     return cached_rows(source, n_rows, data.n_features, cache_dir, progress=progress)
+
+
+def data_path(path: str) -> Path:
+    """data.path made absolute, its symlinks resolved (one cache file per real file), or a one-line DataError."""
+    given = Path(path).expanduser()
+    try:
+        resolved = given.resolve()
+    except (RuntimeError, OSError):  # Python 3.11 says RuntimeError for a symlink loop, later ones OSError (ELOOP)
+        raise DataError(f"data.path: {given}: a symlink loop (a link that leads back to itself)") from None
+    if not resolved.exists() and os.path.exists(given):
+        # /dev/fd/N (a process substitution, <(...)) resolves to "pipe:[N]", which is no path: keep the one given
+        return Path(os.path.abspath(given))
+    return resolved
 
 
 def _not_a_file(mode: int) -> Optional[str]:
@@ -81,6 +94,9 @@ def local_source(path: Path) -> "Source":
 
     try:
         kind = _not_a_file(os.stat(path).st_mode)  # before any open: opening a FIFO blocks until a writer comes
+        if kind and str(path).startswith(("/dev/fd/", "/proc/")):
+            raise DataError(f"data.path: {path}: {kind}, not a file (a process substitution, <(...), is one: the rows "
+                            "are read more than once, so write them to a file first)")
         if kind:
             raise DataError(f"data.path: {path}: {kind}, not a file")
         with open(path, "rb") as f:
@@ -112,7 +128,7 @@ def _url_rows(data: DictConfig, n_rows: Optional[int], cache_dir: Path, progress
     try:
         identity = remote_identity(url, data.timeout_seconds)
     except DataError as exc:
-        usable = [e for e in cached_entries_of(cache_dir, url) if e.covers(n_rows)]
+        usable = [e for e in cached_entries_of(cache_dir, url) if e.covers(n_rows) and not e.legacy]
         if not usable:
             raise DataError(f"{exc}; set data.path to a local copy of HIGGS.csv.gz") from None
         log.warning("%s; using its rows cached on %s", exc, usable[0].header["ingested_at"])

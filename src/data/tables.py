@@ -19,13 +19,13 @@ def load_table(path: Optional[str], label: Optional[str], features: Optional[Lis
                validation_fraction: Optional[float], cache_dir: str, progress: bool = False) -> Splits:
     """The first `n_validation` rows (or the first `validation_fraction` of them) validate, the rest train."""
     from src.data.cache import Source, cached_rows
-    from src.data.higgs import local_source
+    from src.data.higgs import data_path, local_source
 
     if path is None:
         raise ConfigError("data.path: required with data=csv (a CSV file with a header row, or a Parquet file)")
     if label is None:
         raise ConfigError("data.label: required with data=csv (the label's column)")
-    file = Path(path).expanduser().resolve()
+    file = data_path(path)
     local = local_source(file)  # data.path's own one-line errors: no such file, a directory, no permission
     columns = _column_names(file)
     if label not in columns:

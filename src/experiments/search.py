@@ -8,6 +8,7 @@ its storage, so pruning works in any launcher's worker on any machine that reach
 
 import logging
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.core import compat
 from src.core.errors import ConfigError, first_line
 from src.core.metrics import LEGACY_TASK, data_loss, monitorable
+from src.core.redaction import redact
 from src.core.runstates import PRUNED
 
 log = logging.getLogger(__name__)
@@ -87,12 +89,26 @@ def _range_values(sweep) -> List[Any]:
 
 def check_space(config: DictConfig, arguments: Sequence[str], params: Dict[str, str]) -> None:
     """The search space checked before a parent run or a study exists: every range well-formed, every key one the
-    config has (`+key` adds one on purpose)."""
+    config has (`+key` adds one on purpose, to a user's own option)."""
     _, space = search_space(arguments, params)
     absent = object()
     for key in space:
         if not key.startswith("+") and OmegaConf.select(config, key, default=absent) is absent:
-            raise ConfigError(f"{key}: no such config key, so the search cannot vary it (add it with +{key}=...)")
+            raise ConfigError(f"{key}: no such config key, so the search cannot vary it ({_absent_key_hint(config, key)})")
+
+
+def _absent_key_hint(config: DictConfig, key: str) -> str:
+    """The nearest key of a schema's section (which + cannot extend: see config.validate), or how to add one to a
+    user's own option."""
+    import dataclasses
+
+    from src.core.config import unknown_key_hint
+
+    section, _, name = key.rpartition(".")
+    node = OmegaConf.select(config, section) if section else config
+    if isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node)):
+        return unknown_key_hint(node, name, f"{section}." if section else "")
+    return f"add it with +{key}=..."
 
 
 def trial_overrides(params: Dict[str, Any]) -> List[str]:
@@ -172,7 +188,11 @@ def storage_of(url: Optional[str]):
         raise ConfigError("hydra.sweeper.storage: required (e.g. sqlite:///optuna.db, or postgresql+psycopg2://... "
                           "shared by workers on several machines): trials report to the study through it")
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)  # it connects (and makes its tables) here
+    except Exception as exc:  # SQLAlchemy's (no driver, a bad URL, no server), Optuna's, an unwritable SQLite folder
+        why = re.sub(r"^\(\w+\.\w+\) ", "", first_line(exc))
+        raise ConfigError(f"hydra.sweeper.storage={redact(url)}: cannot open the study's storage ({why})") from None
 
 
 def new_study_name() -> str:

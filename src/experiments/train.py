@@ -191,7 +191,8 @@ def fit(job: Job, built: Built, run: Run, on_epoch_end: Sequence) -> EpochMonito
     settings = LoopSettings.from_config(
         cfg, strategy=built.strategy, steps_per_epoch=built.steps_per_epoch, initial_epoch=job.first_epoch,
         on_epoch_end=(run.log_epoch, checkpointer, raise_if_interrupted, *on_epoch_end), monitor=monitor,
-        restore=None if resume is None else lambda m, o: checkpoints.restore(resume.snapshot, m, o, monitor),
+        restore=None if resume is None else lambda m, o: checkpoints.restore(
+            resume.snapshot, m, o, monitor, origin=f"run {resume.run.info.run_id}'s checkpoint"),
     )
     try:
         loops.LOOPS[cfg.loop.name](built.model, built.train_ds, built.val_ds, cfg.loop, settings)
@@ -262,7 +263,9 @@ def _monitor_tags(monitor: EpochMonitor, *, epochs_run: int) -> Dict[str, str]:
 
 def _with_absolute_data_path(cfg: DictConfig) -> DictConfig:
     """A copy whose `data.path` is absolute, so the logged config reruns from any directory."""
+    from src.data.higgs import data_path  # its one-line errors: a symlink loop, a process substitution
+
     cfg = cfg.copy()
     if OmegaConf.select(cfg, "data.path", default=None) is not None:
-        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+        cfg.data.path = str(data_path(cfg.data.path))
     return cfg

@@ -16,51 +16,42 @@ MLflow 3); this is the MLflow client API, run by run.
 """
 
 import argparse
+import contextlib
+import re
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from src.core.errors import UserError, first_line
+from src.core.errors import TrackingError, UserError, first_line
 from src.core.interrupts import handle_interrupts, signals_blocked
 from src.core.redaction import redact
-from src.tracking.store import PARENT_TAG, artifact_folder, default_tracking_uri, ensure_store, experiment_id
 from src.tracking.models import NOTE_TAG
-from src.tracking.store import open_store, store_identity
+from src.tracking.store import (PARENT_TAG, artifact_folder, default_tracking_uri, ensure_store, experiment_id,
+                                open_store, store_identity)
 
 MIGRATED_FROM_TAG = "migrated_from"  # the original run's (or logged model's) ID, on its finished copy
 MIGRATING_FROM_TAG = "migrating_from"  # the same on a copy being made: one without the other is a leftover
 MIGRATED_FROM_STORE_TAG = "migrated_from_store"  # the source store's URI, credentials redacted
 BATCH = 1000  # metrics per log_batch call (MLflow's limit)
 PARAMS_BATCH = 100  # params per log_batch call (MLflow's limit)
+EVERY_RUN = {"max_results": 1000, "order_by": ["attributes.start_time ASC"]}  # every active run, oldest first
 
 
 class MigrationError(UserError):
     """A run could not be copied; the partial copy was removed."""
 
 
-def _all_runs(mlflow_client, experiment_id: str) -> list:
-    """Every active run of an experiment, oldest first, through as many pages as there are."""
-    runs, token = [], None
+def _all(search, experiment_id: str, **options) -> list:
+    """What `search([experiment_id], ...)` finds (runs, logged models), through as many pages as there are."""
+    found, token = [], None
     while True:
-        page = mlflow_client.search_runs([experiment_id], max_results=1000, page_token=token,
-                                         order_by=["attributes.start_time ASC"])
-        runs.extend(page)
+        page = search([experiment_id], page_token=token, **options)
+        found.extend(page)
         token = page.token
         if not token:
-            return runs
-
-
-def _all_models(mlflow_client, experiment_id: str) -> list:
-    """Every logged model of an experiment (deleted ones aside), through as many pages as there are."""
-    models, token = [], None
-    while True:
-        page = mlflow_client.search_logged_models([experiment_id], page_token=token)
-        models.extend(page)
-        token = page.token
-        if not token:
-            return models
+            return found
 
 
 def _point_mlmodel_at(mlmodel: Path, model, copy, run_id: str) -> None:
@@ -87,10 +78,8 @@ def _discard_model(destination, model_id: str) -> None:
 
     for step in (lambda: destination.finalize_logged_model(model_id, LoggedModelStatus.FAILED),
                  lambda: destination.delete_logged_model(model_id)):
-        try:
+        with contextlib.suppress(Exception):
             step()
-        except Exception:
-            pass
 
 
 def copy_model(source_uri: str, destination, model, experiment_id: str, run_id: str, source_run_id: str,
@@ -196,6 +185,17 @@ def copy_run(source, destination, run, experiment_id: str, parent_id: Optional[s
     return new_id
 
 
+def _opened(uri: str, option: str, create: bool = False):
+    """The store's client; its one-line errors name this command's option, not src.train's key mlflow.tracking_uri."""
+    try:
+        if create:
+            ensure_store(uri)
+        return open_store(uri)
+    except TrackingError as exc:
+        named = re.sub(r"^(?:mlflow\.tracking_uri|--tracking-uri)(=?)", lambda m: option + " " * len(m.group(1)), str(exc))
+        raise MigrationError(named) from None
+
+
 def migrate(source_uri: str, destination_uri: str, experiments: Sequence[str] = ()) -> Dict[str, str]:
     """Copy every finished or stopped run of the named experiments (default: all) not copied before, with its logged
     models (and the models of runs copied before that lack them); {old run ID: new run ID} of the runs copied."""
@@ -204,14 +204,13 @@ def migrate(source_uri: str, destination_uri: str, experiments: Sequence[str] = 
     if store_identity(source_uri) == store_identity(destination_uri):
         raise MigrationError(f"--to {redact(destination_uri)}: the same store as --from; a store is never its own "
                              "destination")
-    source = open_store(source_uri)
+    source = _opened(source_uri, "--from")
     names = {e.name for e in source.search_experiments()}
     unknown = [name for name in experiments if name not in names]
     if unknown:
         raise MigrationError(f"--experiment {', '.join(unknown)}: no such experiment in {redact(source_uri)} "
                              f"(it has: {', '.join(sorted(names))})")
-    ensure_store(destination_uri)
-    destination = open_store(destination_uri)
+    destination = _opened(destination_uri, "--to", create=True)
     origin = redact(source_uri)
     copied: Dict[str, str] = {}
     for experiment in source.search_experiments():
@@ -222,7 +221,7 @@ def migrate(source_uri: str, destination_uri: str, experiments: Sequence[str] = 
             destination_uri, experiment.name, artifact_folder(destination_uri))  # beside its store, never ./mlruns
         done = {}
         present = set()  # the destination's runs: a source run copied from one of them is going home, not copied
-        for copy in _all_runs(destination, target_id):
+        for copy in _all(destination.search_runs, target_id, **EVERY_RUN):
             present.add(copy.info.run_id)
             if MIGRATED_FROM_TAG in copy.data.tags:
                 done[copy.data.tags[MIGRATED_FROM_TAG]] = copy.info.run_id
@@ -230,7 +229,7 @@ def migrate(source_uri: str, destination_uri: str, experiments: Sequence[str] = 
                 destination.delete_run(copy.info.run_id)
         finished = set(done.values())
         models_done = set()  # the source's logged models with a finished copy on a finished run copy
-        for copy in _all_models(destination, target_id):
+        for copy in _all(destination.search_logged_models, target_id):
             if MIGRATING_FROM_TAG not in copy.tags:
                 continue  # not a copy
             if MIGRATED_FROM_TAG in copy.tags and copy.source_run_id in finished:
@@ -238,10 +237,11 @@ def migrate(source_uri: str, destination_uri: str, experiments: Sequence[str] = 
             else:  # half-made, or its run's copy was deleted as half-made
                 destination.delete_logged_model(copy.model_id)
         models_of: Dict[str, list] = {}
-        for model in sorted(_all_models(source, experiment.experiment_id), key=lambda m: m.creation_timestamp):
+        every_model = _all(source.search_logged_models, experiment.experiment_id)
+        for model in sorted(every_model, key=lambda m: m.creation_timestamp):
             if model.source_run_id and model.model_id not in models_done:
                 models_of.setdefault(model.source_run_id, []).append(model)
-        runs = [r for r in _all_runs(source, experiment.experiment_id)
+        runs = [r for r in _all(source.search_runs, experiment.experiment_id, **EVERY_RUN)
                 if r.info.status != RunStatus.to_string(RunStatus.RUNNING)]  # still being written: next time
         runs.sort(key=lambda r: PARENT_TAG in r.data.tags)  # parents before their children (stable: by time)
         for run in runs:

@@ -25,7 +25,7 @@ def split_datasets(splits) -> Dict[str, Any]:
     source, digest = dataset_source(splits.source), shown_digest(splits.digest())
     arrays = {"training": (splits.x_train, splits.y_train), "validation": (splits.x_val, splits.y_val)}
     return {
-        context: mlflow.data.from_numpy(x, targets=y, source=source, name=f"{splits.name}-{suffix}",
+        context: mlflow.data.from_numpy(x, targets=y, source=source, name=redact(f"{splits.name}-{suffix}"),
                                         digest=digest)
         for context, suffix in SPLITS
         for x, y in [arrays[context]]

@@ -19,7 +19,7 @@ from src.tracking.liveness import Heartbeat, process_tags, reap_dead_runs
 from src.tracking.provenance import config_digest, flat_params, option_tags, software_versions, source_tags
 from src.tracking.run import TrackedRun, UntrackedRun
 from src.tracking.store import CONFIG_ARTIFACT, DIGEST_TAG, OVERRIDES_ARTIFACT, PARENT_TAG, client, experiment_id
-from src.tracking.writer import MetricWriter, StoreWriteError, store_error_line
+from src.tracking.writer import MetricWriter, StoreWriteError, store_error_line, store_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def tracked_run(
         raise TrackingError(f"mlflow.tracking_uri={redact(uri)}: cannot start a run ({store_error_line(exc)})") from None
     run_id = writer = heartbeat = system_metrics = claim = tracked = None
     status = RunStatus.FAILED
+    lost = False  # the store stopped answering: every closing write is then tried once, quietly
 
     def ours() -> bool:  # a run another process has claimed since is its alone: not a word more to it from here
         return tracked is None or not tracked.taken_over
@@ -104,12 +105,17 @@ def tracked_run(
             status = RunStatus.FINISHED
             tracked.result.status = FINISHED
         except Exception as exc:
-            if not isinstance(exc, UserError):
+            lost = isinstance(exc, StoreWriteError) or store_unreachable(exc)
+            if lost and not isinstance(exc, UserError):  # one line naming the store, not MLflow's chained tracebacks
+                exc = TrackingError(f"mlflow.tracking_uri={redact(uri)}: the store stopped answering while run "
+                                    f"{run_id}'s results were written ({store_error_line(exc)}); the run is marked "
+                                    f"FAILED by the next run of the experiment if the store cannot be told now")
+            elif not isinstance(exc, UserError):
                 log.error("run %s (%s) failed", run_id, run_name, exc_info=exc)
-            tracked.result.error = store_error_line(exc)
+            tracked.result.error = str(exc) if lost else store_error_line(exc)
             with signals_blocked():
                 writer.abandon()
-                if not isinstance(exc, StoreWriteError) and ours():
+                if not lost and ours():
                     _quietly(_record_failure, mlflow_client, run_id, exc)
     except KeyboardInterrupt as exc:
         status = RunStatus.KILLED
@@ -118,7 +124,7 @@ def tracked_run(
         with signals_blocked():
             if writer is not None:
                 writer.abandon()
-            if ours():
+            if ours() and not (writer is not None and writer.broken):  # a store known gone: its line was said
                 _quietly(mlflow_client.set_tag, run_id, "error", "interrupted (SIGINT/SIGTERM)")
         raise RunInterrupted(run_id) from exc
     finally:
@@ -130,7 +136,7 @@ def tracked_run(
             if writer is not None:
                 writer.abandon()
             # a store known to be gone was reported already; trying costs nothing
-            broken = writer is not None and bool(writer.broken)
+            broken = lost or (writer is not None and bool(writer.broken))
             if run_id is not None and ours():
                 _quietly(mlflow_client.set_terminated, run_id, RunStatus.to_string(status), quiet=broken)
 
@@ -139,10 +145,18 @@ def _start_system_metrics(run_id: str, uri: str, seconds: float, *, resumed: boo
     """MLflow's sampler of CPU, memory, disk and network (GPU where present) for the run, on a thread of its own."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # it says "started" and "stopped" at INFO
+    sampler_log = logging.getLogger("mlflow.system_metrics.system_metrics_monitor")  # its warnings are this one's
+    sampler_log.setLevel(logging.WARNING)  # it says "started" and "stopped" at INFO
+    if not any(isinstance(f, _NoStoreTrouble) for f in sampler_log.filters):
+        sampler_log.addFilter(_NoStoreTrouble())  # a lost store is the run's own one line, not the sampler's too
     monitor = SystemMetricsMonitor(run_id, sampling_interval=seconds, resume_logging=resumed, tracking_uri=uri)
     monitor.start()
     return monitor
+
+
+class _NoStoreTrouble(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "API request to" not in record.getMessage()
 
 
 def _stop_system_metrics(monitor, timeout: float = 5.0) -> None:

@@ -19,11 +19,13 @@ class ReproduceError(UserError):
     """A run that cannot be reproduced: unknown, foreign, or without a usable config."""
 
 
-def logged_config(client, run) -> Tuple[DictConfig, Dict[str, Any], Dict[str, Any]]:
-    """The run's `config.yaml` rebuilt on today's schema, with the keys filled and dropped (key -> value)."""
+def logged_config(client, run, *, on_parent: str = "reproduce its children with --sweep {run_id}"
+                  ) -> Tuple[DictConfig, Dict[str, Any], Dict[str, Any]]:
+    """The run's `config.yaml` rebuilt on today's schema, with the keys filled and dropped (key -> value).
+    `on_parent`: what the calling command says to do instead with a sweep's parent ({run_id} filled in)."""
     run_id = run.info.run_id
     if is_sweep_parent(run):
-        raise ReproduceError(f"run {run_id} is a sweep parent; reproduce its children with --sweep {run_id}")
+        raise ReproduceError(f"run {run_id} is a sweep parent; {on_parent.format(run_id=run_id)}")
     if DIGEST_TAG not in run.data.tags:
         raise ReproduceError(f"run {run_id}: not a run of this project (no {DIGEST_TAG} tag)")
     with tempfile.TemporaryDirectory() as tmp:

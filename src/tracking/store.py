@@ -76,8 +76,9 @@ def ensure_store(tracking_uri: str) -> None:
     if db is not None:
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise TrackingError(f"mlflow.tracking_uri: cannot create {db.parent}: {exc.strerror}") from None
+        except OSError as exc:  # a link to nowhere (or in a loop) "exists" to mkdir
+            why = "a symlink that leads nowhere (or in a loop)" if db.parent.is_symlink() else exc.strerror
+            raise TrackingError(f"mlflow.tracking_uri: cannot create {db.parent}: {why}") from None
         if db.exists() and not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK):
             raise TrackingError(f"mlflow.tracking_uri: {db} is not writable")
     from mlflow.exceptions import MlflowException  # only now: importing MLflow takes seconds
@@ -157,6 +158,7 @@ def experiment_id(tracking_uri: str, name: str, artifact_location: Optional[str]
 
     if not name.strip():
         raise TrackingError("mlflow.experiment_name: must not be empty")
+    name = redact(name)  # the name as resolved may hold a secret (${oc.env:...}): the store holds it masked
     mlflow_client = client(tracking_uri)
     experiment = mlflow_client.get_experiment_by_name(name)
     remote = tracking_uri.startswith(("http://", "https://"))
@@ -246,7 +248,7 @@ def metric_histories(mlflow_client, run, keys=None) -> Histories:
 def finished_run_with_digest(tracking_uri: str, experiment_name: str, digest: str) -> Optional[str]:
     """The ID of a FINISHED run of the experiment with this config digest, if any (resume)."""
     mlflow_client = client(tracking_uri)
-    experiment = mlflow_client.get_experiment_by_name(experiment_name)
+    experiment = mlflow_client.get_experiment_by_name(redact(experiment_name))  # as experiment_id named it
     if experiment is None:
         return None
     runs = mlflow_client.search_runs(
@@ -263,7 +265,7 @@ def resumable_run(tracking_uri: str, experiment_name: str, digest: str, checkpoi
     from src.tracking.liveness import reap_dead_runs
 
     mlflow_client = client(tracking_uri)
-    experiment = mlflow_client.get_experiment_by_name(experiment_name)
+    experiment = mlflow_client.get_experiment_by_name(redact(experiment_name))  # as experiment_id named it
     if experiment is None:
         return None
     reap_dead_runs(mlflow_client, experiment.experiment_id)
@@ -282,11 +284,9 @@ def resumable_run(tracking_uri: str, experiment_name: str, digest: str, checkpoi
 
 def store_identity(uri: str) -> str:
     """What names a store whatever its spelling: a database file's resolved path, else the URL without credentials."""
-    from urllib.parse import urlsplit
-
     if uri.startswith("sqlite:///"):
-        return "sqlite:" + str(Path(uri[len("sqlite:///"):]).expanduser().resolve())
-    parts = urlsplit(uri)
+        return "sqlite:" + os.path.realpath(os.path.expanduser(uri[len("sqlite:///"):]))  # a symlink loop: no error
+    parts = urllib.parse.urlsplit(uri)
     host = (parts.hostname or "").lower() + (f":{parts.port}" if parts.port else "")
     return f"{parts.scheme.lower()}://{host}{parts.path.rstrip('/')}"
 

@@ -40,6 +40,23 @@ def store_error_line(exc: BaseException) -> str:
     return redact(re.sub(r"^\((sqlite3|psycopg2)\.\w+\) ", "", lines[0]) if lines else type(exc).__name__)
 
 
+def store_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from) says the store no longer answers: a refused or dropped connection,
+    or MLflow's REST client giving up on a request after its retries."""
+    import requests
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ConnectionError, TimeoutError, requests.exceptions.ConnectionError,
+                            requests.exceptions.Timeout)):
+            return True
+        if type(exc).__name__ == "MlflowException" and re.search(r"API request to \S+ failed with exception", str(exc)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 class StoreWriteError(TrackingError):
     """The store stopped taking a run's metrics; what it did not take is in a local file."""
 

@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from src.core.errors import first_line
+from src.core.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,11 @@ def take(epoch: int, reader: StateReader, monitor, history: Dict[str, List[float
                     {k: list(v) for k, v in history.items()})
 
 
-def restore(snapshot: Snapshot, model, optimizer, monitor) -> None:
-    """Put a snapshot's state back into a freshly built model, its built optimizer and the monitor."""
+def restore(snapshot: Snapshot, model, optimizer, monitor, *, origin: str = "the checkpoint") -> None:
+    """Put a snapshot's state back into a freshly built model, its built optimizer and the monitor; ConfigError,
+    before anything is assigned, when the snapshot's shapes are not the model's (its builder changed since)."""
+    _check_shapes(snapshot.model_variables, model.variables, origin, "model")
+    _check_shapes(snapshot.optimizer_variables, optimizer.variables, origin, "optimizer")
     for variable, value in zip(model.variables, snapshot.model_variables, strict=True):
         variable.assign(value)
     for variable, value in zip(optimizer.variables, snapshot.optimizer_variables, strict=True):
@@ -151,6 +154,19 @@ def restore(snapshot: Snapshot, model, optimizer, monitor) -> None:
     for key, value in snapshot.monitor.items():
         setattr(monitor, key, value)
     monitor.best_weights = snapshot.best_weights
+
+
+def _check_shapes(values: List[np.ndarray], variables, origin: str, what: str) -> None:
+    """ConfigError naming the first variable whose shape differs (or the counts), in one line."""
+    advice = "the model's builder or option changed since; start a new run with resume=false"
+    if len(values) != len(variables):
+        raise ConfigError(f"resume: {origin} holds {len(values)} {what} variables, the model {len(variables)}: {advice}")
+    for variable, value in zip(variables, values):
+        shape = tuple(int(d) for d in variable.shape)
+        if shape != tuple(value.shape):
+            name = getattr(variable, "path", None) or variable.name
+            raise ConfigError(f"resume: {origin} does not fit the model: {what} variable {name} is "
+                              f"{tuple(value.shape)} in it, {shape} in the model ({advice})")
 
 
 class Checkpointer:

@@ -7,6 +7,7 @@ A reg knob such as dropout reaches only a builder with that argument (`dropout`)
 """
 
 import inspect
+import re
 from typing import Optional, Sequence, Tuple, Union
 
 import keras
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.core import compat
 from src.core.errors import ConfigError, first_line
+from src.core.redaction import redact
 from src.core.regularizers import KERNEL_ARGUMENT, builder_arguments, kernel_regularizer
 
 FRAMEWORK_KEYS = ("_target_", "name")  # a model option's keys that are not the builder's arguments
@@ -34,7 +36,7 @@ def build_model(model: DictConfig, reg: DictConfig, input_shape: Union[int, Sequ
                           "put its module on PYTHONPATH or in the working directory") from None
     kwargs = {k: v for k, v in OmegaConf.to_container(model, resolve=True).items() if k not in FRAMEWORK_KEYS}
     if "name" in inspect.signature(builder).parameters:
-        kwargs["name"] = model.name  # the Keras model's name: the option's
+        kwargs["name"] = keras_name(model.name)  # the Keras model's name: the option's
     kwargs.update(_regularizer_arguments(model, builder, reg))
     try:
         inspect.signature(builder).bind(input_shape=shape, n_outputs=n_outputs, **kwargs)
@@ -51,6 +53,13 @@ def build_model(model: DictConfig, reg: DictConfig, input_shape: Union[int, Sequ
     if KERNEL_ARGUMENT not in inspect.signature(builder).parameters:
         _penalize_every_kernel(built, kernel_regularizer(reg))
     return built
+
+
+def keras_name(name: str) -> str:
+    """An option's name as a Keras model may be named (TensorFlow's scope pattern): masked (it is saved with the model),
+    any other character made `_` (`model.name='my net'` is a valid option name)."""
+    name = re.sub(r"[^A-Za-z0-9_.>-]", "_", redact(name))
+    return name if re.match(r"[A-Za-z0-9.]", name) else f"model{name}"
 
 
 def _regularizer_arguments(model: DictConfig, builder, reg: DictConfig) -> dict:
