@@ -1,0 +1,89 @@
+"""Launchers that lose jobs (slow, real processes and real signals): a joblib worker killed from outside fails its
+own job only; SIGHUP, SIGTERM or SIGINT to a joblib or submitit_local sweep stops every job process with it."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import all_runs, cli
+
+
+def _sweep(tmp_path, higgs_file, launcher, seeds, epochs):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["-m", *launcher, f"seed={seeds}", "model=tiny", f"train.epochs={epochs}", f"data.path={higgs_file}",
+            "data.n_validation=500", "data.n_train=1000", "quiet=true", "mlflow.log_models=false",
+            "mlflow.system_metrics=false", f"mlflow.tracking_uri={uri}", f"mlflow.artifact_location={tmp_path}/art",
+            f"hydra.sweep.dir={tmp_path}/sweep"]
+    proc = subprocess.Popen(cli(*args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    return uri, proc
+
+
+def _running_children(uri, proc, n, timeout=240):
+    deadline = time.monotonic() + timeout
+    while True:
+        running = [r for r in all_runs(uri) if r.info.status == "RUNNING" and "mlflow.parentRunId" in r.data.tags]
+        if len(running) >= n:
+            return running
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.5)
+
+
+def _no_process_left(proc, seconds=30):
+    deadline = time.monotonic() + seconds
+    while subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "job processes outlived their sweep"
+        time.sleep(0.5)
+
+
+def _children_statuses(uri):
+    return sorted(r.info.status for r in all_runs(uri) if r.data.tags.get("sweep") != "true")
+
+
+@pytest.mark.slow
+def test_a_joblib_worker_killed_from_outside_fails_its_own_job_and_the_sweep_goes_on(tmp_path, higgs_file):
+    uri, proc = _sweep(tmp_path, higgs_file, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "0,1,2", 30)
+    try:
+        victim, healthy = _running_children(uri, proc, 2)
+        os.kill(int(victim.data.tags["pid"]), signal.SIGKILL)  # what the out-of-memory killer does
+        _, stderr = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    runs = {r.info.run_id: r for r in all_runs(uri)}
+    lost = runs[victim.info.run_id]
+    assert lost.info.status == "FAILED" and "was ended by SIGKILL(-9) from outside" in lost.data.tags["error"]
+    assert runs[healthy.info.run_id].info.status == "FINISHED"  # the job running beside it went on
+    assert _children_statuses(uri) == ["FAILED", "FINISHED", "FINISHED"]  # and the job after it ran
+    [parent] = [r for r in runs.values() if r.data.tags.get("sweep") == "true"]
+    assert parent.info.status == "FAILED" and "1 FAILED, 2 FINISHED" in stderr
+    [line] = [line for line in stderr.splitlines() if line.startswith("job ") and "from outside" in line]
+    assert f"its worker process {victim.data.tags['pid']} was ended by SIGKILL(-9)" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher, signum", [
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], signal.SIGHUP),
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], signal.SIGINT),
+    (["hydra/launcher=submitit_local", "hydra.sweeper.max_batch_size=2"], signal.SIGTERM),
+    (["hydra/launcher=submitit_local", "hydra.sweeper.max_batch_size=2"], signal.SIGHUP),
+], ids=["joblib-sighup", "joblib-sigint", "submitit_local-sigterm", "submitit_local-sighup"])
+def test_a_signal_to_a_parallel_sweep_stops_its_job_processes_and_ends_every_run_killed(tmp_path, higgs_file,
+                                                                                      launcher, signum):
+    uri, proc = _sweep(tmp_path, higgs_file, launcher, "0,1", 100000)
+    try:
+        _running_children(uri, proc, 2)
+        proc.send_signal(signum)  # to the sweep's main process only: its job processes are its to stop
+        _, stderr = proc.communicate(timeout=120)
+        _no_process_left(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    statuses = sorted((r.data.tags.get("sweep") == "true", r.info.status) for r in all_runs(uri))
+    assert statuses == [(False, "KILLED"), (False, "KILLED"), (True, "KILLED")], stderr[-3000:]
+    assert "2 KILLED" in stderr
