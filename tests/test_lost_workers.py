@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.helpers import all_runs, cli
+from tests.helpers import all_runs, cli, error_lines
 
 
 def _sweep(tmp_path, higgs_file, launcher, seeds, epochs):
@@ -44,10 +44,15 @@ def _children_statuses(uri):
 
 
 @pytest.mark.slow
-def test_a_joblib_worker_killed_from_outside_fails_its_own_job_and_the_sweep_goes_on(tmp_path, higgs_file):
-    uri, proc = _sweep(tmp_path, higgs_file, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "0,1,2", 30)
+@pytest.mark.parametrize("launcher, seeds, how", [
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "0,1,2", "was ended by SIGKILL(-9)"),
+    (["hydra/launcher=submitit_local"], "0,1", "ended without a result"),
+], ids=["joblib", "submitit_local"])
+def test_a_worker_killed_from_outside_fails_its_own_job_and_the_sweep_goes_on(tmp_path, higgs_file, launcher,
+                                                                              seeds, how):
+    uri, proc = _sweep(tmp_path, higgs_file, launcher, seeds, 30)
     try:
-        victim, healthy = _running_children(uri, proc, 2)
+        victim, healthy = _running_children(uri, proc, 2)[:2]
         os.kill(int(victim.data.tags["pid"]), signal.SIGKILL)  # what the out-of-memory killer does
         _, stderr = proc.communicate(timeout=400)
     finally:
@@ -56,13 +61,14 @@ def test_a_joblib_worker_killed_from_outside_fails_its_own_job_and_the_sweep_goe
     assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
     runs = {r.info.run_id: r for r in all_runs(uri)}
     lost = runs[victim.info.run_id]
-    assert lost.info.status == "FAILED" and "was ended by SIGKILL(-9) from outside" in lost.data.tags["error"]
+    assert lost.info.status == "FAILED" and f"{how} (killed from outside" in lost.data.tags["error"]
     assert runs[healthy.info.run_id].info.status == "FINISHED"  # the job running beside it went on
-    assert _children_statuses(uri) == ["FAILED", "FINISHED", "FINISHED"]  # and the job after it ran
+    n = len(seeds.split(","))
+    assert _children_statuses(uri) == ["FAILED"] + ["FINISHED"] * (n - 1)  # and a job after it ran
     [parent] = [r for r in runs.values() if r.data.tags.get("sweep") == "true"]
-    assert parent.info.status == "FAILED" and "1 FAILED, 2 FINISHED" in stderr
-    [line] = [line for line in stderr.splitlines() if line.startswith("job ") and "from outside" in line]
-    assert f"its worker process {victim.data.tags['pid']} was ended by SIGKILL(-9)" in line
+    assert parent.info.status == "FAILED" and f"1 FAILED, {n - 1} FINISHED" in stderr
+    [line] = [line for line in error_lines(stderr) if line.startswith("job ") and "from outside" in line]
+    assert f"its worker process {victim.data.tags['pid']} {how}" in line and line.endswith("the other jobs go on")
 
 
 @pytest.mark.slow

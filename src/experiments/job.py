@@ -38,7 +38,7 @@ def run_job(cfg: DictConfig) -> Optional[dict]:
     parent_run_id = find_parent_run_id(Path(hydra_cfg.sweep.dir), cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name,
                                        hydra_cfg.job.env_set) if multirun else None
     job = JobResult(job=hydra_cfg.job.num if multirun else 0, run_name=run_name(cfg), parent_run_id=parent_run_id,
-                    overrides=[redact(o) for o in overrides])
+                    overrides=[redact(o) for o in overrides], pid=os.getpid())
     job.write(output_dir)
     try:
         reporter = search.trial_reporter(cfg.trial, OmegaConf.select(hydra_cfg, "sweeper"), cfg.task)

@@ -20,15 +20,17 @@ def fail_lost_job(job: int, output_dir: Path, pids: Sequence[int], how: str, tra
     path = output_dir / JOB_RESULT_FILE
     result = JobResult(**json.loads(path.read_text())) if path.exists() else \
         JobResult(job=job, run_name="", parent_run_id=parent_run_id)
+    pids = [result.pid] if result.pid else list(pids)  # the job's own word for it, where it got to say it
     run_id = result.run_id or _running_run_of(tracking_uri, parent_run_id, pids)
     worker = f"its worker process {', '.join(map(str, pids)) or '?'}"
-    error = f"job {job}: {worker} was {how} from outside (the out-of-memory killer, or kill -9); the other jobs go on"
+    error = (f"job {job}: {worker} {how} (killed from outside: the out-of-memory killer, or kill -9?); "
+             "the other jobs go on")
     if run_id is not None:
         with signals_blocked():
             mlflow_client = client(tracking_uri)
             if mlflow_client.get_run(run_id).info.status == RUNNING:
                 mlflow_client.set_tag(run_id, "error", error)
-                mlflow_client.set_tag(run_id, DEAD_TAG, f"{worker} was {how}")
+                mlflow_client.set_tag(run_id, DEAD_TAG, f"{worker} {how}")
                 mlflow_client.set_terminated(run_id, FAILED)
     result.status, result.run_id, result.error = FAILED, run_id, error
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,7 @@ class JobResult:
     status: str = RUNNING
     run_id: Optional[str] = None
     error: Optional[str] = None
+    pid: Optional[int] = None  # the job's process: a launcher whose worker died finds its run by it
 
     def write(self, output_dir: Path) -> None:
         (output_dir / JOB_RESULT_FILE).write_text(json.dumps(asdict(self)))

@@ -61,7 +61,7 @@ def run_in_own_workers(function: Callable, calls: Sequence[Tuple], n_jobs: int,
 def _how_it_died(exc: BaseException) -> str:
     """The worker's end from loky's message, e.g. `SIGKILL(-9)`."""
     codes = re.search(r"exit codes of the workers are \{([^}]*)\}", str(exc))
-    return f"ended by {codes.group(1)}" if codes else "died"
+    return f"was ended by {codes.group(1)}" if codes else "died"
 
 
 def _stop(running: Dict[Any, Tuple[int, Any, List[int]]]) -> None:
