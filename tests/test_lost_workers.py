@@ -1,5 +1,6 @@
-"""Launchers that lose jobs (slow, real processes and real signals): a joblib worker killed from outside fails its
-own job only; SIGHUP, SIGTERM or SIGINT to a joblib or submitit_local sweep stops every job process with it."""
+"""Launchers that lose jobs (slow, real processes and real signals): a joblib or submitit_local worker (a search
+trial's too) killed from outside fails its own job only; SIGHUP, SIGTERM or SIGINT to a joblib or submitit_local
+sweep stops every job process with it."""
 
 import os
 import signal
@@ -93,3 +94,29 @@ def test_a_signal_to_a_parallel_sweep_stops_its_job_processes_and_ends_every_run
     statuses = sorted((r.data.tags.get("sweep") == "true", r.info.status) for r in all_runs(uri))
     assert statuses == [(False, "KILLED"), (False, "KILLED"), (True, "KILLED")], stderr[-3000:]
     assert "2 KILLED" in stderr
+
+
+@pytest.mark.slow
+def test_a_search_trial_whose_joblib_worker_is_killed_fails_in_the_study_and_the_search_goes_on(tmp_path, higgs_file):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    uri, proc = _sweep(tmp_path, higgs_file, [
+        "hydra/launcher=joblib", "hydra/sweeper=optuna", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.study_name=s", f"hydra.sweeper.storage={storage}", "hydra.sweeper.sampler.seed=0",
+        "hydra.sweeper.pruner=null", "reg=l2", "reg.l2=tag(log, interval(1e-5, 1e-2))"], "0", 30)
+    try:
+        victim, _ = _running_children(uri, proc, 2)
+        os.kill(int(victim.data.tags["pid"]), signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr[-3000:]
+    study = optuna.load_study(study_name="s", storage=storage)
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"], stderr[-3000:]  # the next batch still ran
+    [failed] = [t for t in study.trials if t.state.name == "FAIL"]
+    assert failed.user_attrs["run_id"] == victim.info.run_id
+    assert "1 of 4 trials failed" in stderr
+    assert _children_statuses(uri) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
