@@ -66,17 +66,17 @@ def _how_it_died(exc: BaseException) -> str:
 
 def _stop(running: Dict[Any, Tuple[int, Any, List[int]]]) -> None:
     """SIGTERM to every running job's worker, which ends its run KILLED; after STOP_SECONDS, SIGKILL."""
-    for _, _, pids in running.values():
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + STOP_SECONDS
+    pids = [pid for _, _, worker in running.values() for pid in worker]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     wait(list(running), timeout=STOP_SECONDS)
-    for future, (_, executor, pids) in running.items():
+    for _, executor, _ in running.values():
         executor.shutdown(wait=False, kill_workers=True)  # a worker that did not stop in time
-    while any(_alive(pid) for _, _, pids in running.values() for pid in pids) and time.monotonic() < deadline + 5:
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
