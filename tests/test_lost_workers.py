@@ -120,3 +120,21 @@ def test_a_search_trial_whose_joblib_worker_is_killed_fails_in_the_study_and_the
     assert failed.user_attrs["run_id"] == victim.info.run_id
     assert "1 of 4 trials failed" in stderr
     assert _children_statuses(uri) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+
+
+@pytest.mark.slow
+def test_joblib_workers_of_a_sweep_killed_with_sigkill_stop_themselves_and_end_their_runs_killed(tmp_path, higgs_file):
+    from src.tracking.liveness import dead_reason
+
+    uri, proc = _sweep(tmp_path, higgs_file, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], "0,1", 100000)
+    try:
+        _running_children(uri, proc, 2)
+        proc.kill()  # the sweep's process can end nothing; its workers must not train on, orphaned
+        proc.communicate(timeout=30)
+        _no_process_left(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert _children_statuses(uri) == ["KILLED", "KILLED"]
+    [parent] = [r for r in all_runs(uri) if r.data.tags.get("sweep") == "true"]
+    assert dead_reason(parent) is not None  # the next command marks it FAILED (dead)

@@ -9,6 +9,7 @@ TerminatedWorkerError out of the sweep. One single-worker loky executor per job 
 import os
 import re
 import signal
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, wait
 from typing import Any, Callable, Dict, List, Sequence, Tuple
@@ -41,7 +42,7 @@ def run_in_own_workers(function: Callable, calls: Sequence[Tuple], n_jobs: int,
             while waiting and len(running) < n_jobs:
                 index = waiting.pop(0)
                 executor = ProcessPoolExecutor(max_workers=1)
-                future = executor.submit(function, *calls[index])
+                future = executor.submit(_watched, os.getpid(), function, *calls[index])
                 running[future] = (index, executor, list(getattr(executor, "_processes", {})))
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in done:
@@ -56,6 +57,19 @@ def run_in_own_workers(function: Callable, calls: Sequence[Tuple], n_jobs: int,
             _stop(running)
         raise
     return results
+
+
+def _watched(sweep_pid: int, function: Callable, *args: Any) -> Any:
+    """function(*args) in a worker that stops itself (SIGTERM: its run ends KILLED) if its sweep's process is killed
+    (`kill -9`), which loky does not tell its workers: they would train on, orphaned."""
+
+    def watch() -> None:
+        while os.getppid() == sweep_pid:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+    return function(*args)
 
 
 def _how_it_died(exc: BaseException) -> str:
