@@ -36,13 +36,22 @@ def _composed(*overrides):
         return compose("config", overrides=list(overrides), return_hydra_config=True)
 
 
-def test_a_joblib_pool_of_no_workers_and_a_ray_cluster_that_is_not_there_are_refused(monkeypatch):
+def test_a_joblib_pool_of_no_workers_and_a_ray_cluster_that_is_not_there_are_refused(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match=r"^hydra.launcher.n_jobs=0: no worker to run a job"):
         check_launcher(_composed("hydra/launcher=joblib", "hydra.launcher.n_jobs=0"))
     check_launcher(_composed("hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"))
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{free_port()}")  # nothing listens there
     with pytest.raises(ConfigError, match=r"^hydra/launcher=ray: no Ray cluster at RAY_ADDRESS=127.0.0.1:\d+ \(.*\); "
                                           r"start one with `ray start --head` .*, or unset RAY_ADDRESS$"):
+        check_launcher(_composed("hydra/launcher=ray"))
+    monkeypatch.delenv("RAY_ADDRESS")  # `auto`: the cluster `ray start --head` left its address for, in RAY_TMPDIR
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^hydra/launcher=ray: no Ray cluster running on this machine; start one "
+                                          r"with `ray start --head` \(then RAY_ADDRESS=[^)]*\)$"):
+        check_launcher(_composed("hydra/launcher=ray"))
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{free_port()}")  # a cluster that stopped
+    with pytest.raises(ConfigError, match=r"no Ray cluster at \S+/ray/ray_current_cluster=127.0.0.1:\d+ "):
         check_launcher(_composed("hydra/launcher=ray"))
 
 

@@ -10,7 +10,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.core.errors import ConfigError
 
-RAY_CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")  # where `ray start --head` leaves its address
 
 
 def check_launcher(config: DictConfig) -> None:
@@ -26,18 +25,20 @@ def check_launcher(config: DictConfig) -> None:
 
 
 def _check_ray_cluster(address: Optional[str]) -> None:
+    source = "RAY_ADDRESS" if address and address == os.environ.get("RAY_ADDRESS") else "hydra.launcher.ray.init.address"
     how = ("start one with `ray start --head` (then RAY_ADDRESS=127.0.0.1:6379, the address it prints)"
            + (", or unset RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else ""))
     if address in (None, "", "auto"):
-        if not RAY_CURRENT_CLUSTER.exists():
+        # where `ray start --head` leaves its address, and where Ray's `auto` looks for it
+        current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+        if not current.exists():
             raise ConfigError(f"hydra/launcher=ray: no Ray cluster running on this machine; {how}")
-        address = RAY_CURRENT_CLUSTER.read_text().strip()
+        address, source = current.read_text().strip(), str(current)
     if address == "local" or "://" in address and not address.startswith("ray://"):
         return  # `local` starts a cluster of its own
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
     except (OSError, ValueError) as exc:
-        source = "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "hydra.launcher.ray.init.address"
         raise ConfigError(f"hydra/launcher=ray: no Ray cluster at {source}={address} "
                           f"({getattr(exc, 'strerror', None) or exc}); {how}") from None
