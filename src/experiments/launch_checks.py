@@ -25,7 +25,8 @@ def check_launcher(config: DictConfig) -> None:
 
 
 def _check_ray_cluster(address: Optional[str]) -> None:
-    source = "RAY_ADDRESS" if address and address == os.environ.get("RAY_ADDRESS") else "hydra.launcher.ray.init.address"
+    from_env = address and address == os.environ.get("RAY_ADDRESS")
+    source = "RAY_ADDRESS" if from_env else "hydra.launcher.ray.init.address"
     how = ("start one with `ray start --head` (then RAY_ADDRESS=127.0.0.1:6379, the address it prints)"
            + (", or unset RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else ""))
     if address in (None, "", "auto"):
