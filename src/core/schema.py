@@ -1,6 +1,7 @@
 """Typed config schemas, registered with Hydra: the names and types of every key (the values live in conf/)."""
 
 from dataclasses import dataclass, field, make_dataclass
+import uuid
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -269,6 +270,8 @@ def register_configs() -> None:
         cs.store(group="loop", name=f"{option}_schema", node=schema)
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("unique"):  # the default folders' suffix: one value per command (cached)
+        OmegaConf.register_new_resolver("unique", lambda: uuid.uuid4().hex[:6], use_cache=True)
     if not OmegaConf.has_resolver("task_loss"):  # ${task_loss:binary} = binary_crossentropy: a default by task
         OmegaConf.register_new_resolver("task_loss", lambda task: data_loss(getattr(task, "value", task)))
 

@@ -36,10 +36,10 @@ def run_job(cfg: DictConfig) -> Optional[dict]:
     cfg.train.threads = _job_threads(cfg, hydra_cfg)
     redact_files(output_dir / ".hydra")  # Hydra's record of the job's config and overrides
     redact_log_handlers()
-    parent_run_id = find_parent_run_id(Path(hydra_cfg.sweep.dir), cfg.mlflow.tracking_uri,
-                                       cfg.mlflow.experiment_name) if multirun else None
+    parent_run_id = find_parent_run_id(Path(hydra_cfg.sweep.dir), cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name,
+                                       hydra_cfg.job.env_set) if multirun else None
     job = JobResult(job=hydra_cfg.job.num if multirun else 0, run_name=run_name(cfg), parent_run_id=parent_run_id,
-                    overrides=[redact(o) for o in overrides])
+                    overrides=[redact(o) for o in overrides], pid=os.getpid())
     job.write(output_dir)
     try:
         reporter = search.trial_reporter(cfg.trial, OmegaConf.select(hydra_cfg, "sweeper"), cfg.task)

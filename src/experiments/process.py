@@ -24,9 +24,9 @@ def prepare_process() -> None:
     sys.stdout, sys.stderr = RedactedStream(sys.stdout), RedactedStream(sys.stderr)
     handle_interrupts()  # SIGTERM ends a sweep like Ctrl-C: its parent KILLED, the summary printed, workers stopped
     compat.one_line_config_errors(composition_error_line)
-    # conf/hydra/launcher/ray.yaml and submitit_slurm.yaml replace the plugins' own options on purpose (see them)
-    warnings.filterwarnings("ignore",
-                            message=r"\s*'hydra/launcher/(ray|submitit_slurm)' is validated against ConfigStore schema")
+    # conf/hydra/launcher/*.yaml replace the plugins' own options on purpose (see them)
+    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/(ray|submitit_slurm|submitit_local|joblib)' is "
+                                              "validated against ConfigStore schema")
     register_sweeper()
 
 

@@ -269,13 +269,15 @@ def trial_reporter(trial_cfg: DictConfig, sweeper_cfg: Optional[DictConfig], tas
 
 
 def register_sweeper() -> None:
-    """Make `hydra/sweeper=optuna` findable: Hydra scans the `hydra_plugins` namespace on disk, which an editable
-    install of this project does not extend (its modules import, but are not listed)."""
+    """Make `hydra/sweeper=optuna` and the project's launchers findable: Hydra scans the `hydra_plugins` namespace on
+    disk, which an editable install of this project does not extend (its modules import, but are not listed)."""
     from hydra.core.plugins import Plugins
 
+    from hydra_plugins.overfit_lab.launchers import JoblibLauncher, LocalLauncher
     from hydra_plugins.overfit_lab.optuna_sweeper import OptunaSweeper
 
-    Plugins.instance().register(OptunaSweeper)
+    for plugin in (OptunaSweeper, JoblibLauncher, LocalLauncher):
+        Plugins.instance().register(plugin)
 
 
 def silence_optuna() -> None:

@@ -1,37 +1,47 @@
 """Sweeps: the Hydra callback that gives a multirun its parent run, the remote-launch checks, and job results."""
 
 import atexit
+import fcntl
 import json
+import os
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import IO, Any, Dict, List, Optional, Sequence
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from src.core.errors import ConfigError, UserError
 from src.core.interrupts import signals_blocked
 from src.core.redaction import redact, redact_files, redact_log_handlers
 from src.core.runstates import KILLED, RUNNING
+from src.experiments.launch_checks import check_launcher
 from src.experiments.search import check_settings, check_space, study_parent_run
 from src.experiments.sweep_parent import (
     NOTE_TAG,
+    PARENT_ENV,
     PARENT_RUN_FILE,
+    SWEEP_KEY_TAG,
     SweepPlan,
     create_parent_run,
     end_parent_run,
     is_search,
     log_shared_params,
     register_best_of,
+    reopen_parent_run,
+    resumable_parent,
     summarize_on_parent,
+    sweep_key,
     sweep_status,
 )
-from src.tracking.liveness import DEAD_TAG, HEARTBEAT_TAG, dead_reason, process_tags
+from src.tracking.liveness import dead_reason
 from src.tracking.store import PARENT_TAG, client, ensure_store, experiment_id
 
 JOB_RESULT_FILE = "job_result.json"
+LOCK_FILE = ".sweep.lock"
 
 
 @dataclass
@@ -45,6 +55,7 @@ class JobResult:
     status: str = RUNNING
     run_id: Optional[str] = None
     error: Optional[str] = None
+    pid: Optional[int] = None  # the job's process: a launcher whose worker died finds its run by it
 
     def write(self, output_dir: Path) -> None:
         (output_dir / JOB_RESULT_FILE).write_text(json.dumps(asdict(self)))
@@ -68,6 +79,7 @@ class HydraMlflowCallback(Callback):
         redact_log_handlers()  # before the launcher logs each job's overrides
         try:
             check_remote_launch(config)
+            check_launcher(config)  # a launcher that could not start a job: said before any parent run exists
             if config.train.strategy == "multi_worker":  # every worker would start a sweep and a parent run of its own
                 raise ConfigError("train.strategy=multi_worker: one run across the workers, not a sweep; start one "
                                   "`python -m src.train` (without -m) per worker")
@@ -121,6 +133,7 @@ class _SweepParent:
     search: bool = False  # an Optuna search summarizes itself (src.experiments.study_summary)
     register_as: Optional[str] = None  # mlflow.register_best: the registered model's name (the experiment's)
     finished: bool = False
+    lock: Optional[IO] = None  # the sweep folder's, held until exit
 
     @classmethod
     def start(cls, config: DictConfig) -> "_SweepParent":
@@ -129,18 +142,25 @@ class _SweepParent:
             check_settings(hydra_cfg.sweeper, config.task)
             check_space(config, list(hydra_cfg.overrides.task), hydra_cfg.sweeper.params)
         sweep_dir = Path(hydra_cfg.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_sweep_dir(sweep_dir)
         uri = config.mlflow.tracking_uri
         exp_id = experiment_id(uri, config.mlflow.experiment_name, config.mlflow.artifact_location)
         overrides = list(hydra_cfg.overrides.task)
-        run_id = _study_parent(hydra_cfg, uri)  # a named Optuna study keeps one parent across its workers
-        if run_id is None:
+        key = sweep_key(overrides)
+        run_id = study_parent_run(hydra_cfg.sweeper) if is_search(hydra_cfg) else None
+        if run_id is None and config.resume and not is_search(hydra_cfg):
+            run_id = resumable_parent(uri, exp_id, key)  # a resumed sweep stays one sweep: its parent again
+        if run_id is not None:  # a named Optuna study keeps one parent across its workers and commands
+            reopen_parent_run(uri, run_id, {"sweep_dir": str(sweep_dir)})
+            print(f"sweep continues under its parent run {run_id}", file=sys.stderr)
+        else:
             plan = SweepPlan.of(config, overrides)
-            run_id = create_parent_run(uri, exp_id, name=plan.name, overrides=overrides,
-                                       tags={"sweep_dir": str(sweep_dir), NOTE_TAG: plan.note(sweep_dir, config.task)})
+            run_id = create_parent_run(uri, exp_id, name=plan.name, overrides=overrides, tags={
+                "sweep_dir": str(sweep_dir), SWEEP_KEY_TAG: key, NOTE_TAG: plan.note(sweep_dir, config.task)})
             log_shared_params(uri, run_id, config, plan.axes)
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": redact(uri)}))
-        parent = cls(uri, run_id, sweep_dir, config.mlflow.ui_url, search=is_search(hydra_cfg),
+        _give_jobs_their_parent(config, run_id)
+        parent = cls(uri, run_id, sweep_dir, config.mlflow.ui_url, search=is_search(hydra_cfg), lock=lock,
                      register_as=config.mlflow.experiment_name if config.mlflow.register_best else None)
         atexit.register(parent.finish, completed=False)  # on_multirun_end is skipped when a job fails
         print(f"sweep parent run {run_id}", file=sys.stderr)
@@ -193,23 +213,31 @@ class _SweepParent:
                 result.status, result.error = KILLED, "interrupted with its sweep"
 
 
-def _study_parent(hydra_cfg, tracking_uri: str) -> Optional[str]:
-    """The existing parent run of the named study this search continues (reopened: RUNNING again), or None."""
-    if not is_search(hydra_cfg):
-        return None
-    run_id = study_parent_run(hydra_cfg.sweeper)
-    if run_id is not None:
-        mlflow_client = client(tracking_uri)
-        # this process holds it now: its identity, so the dead-run check judges this process, not the one that
-        # made the parent (long gone); and whatever that process's end left behind is no longer true
-        for key, value in process_tags().items():
-            if key != HEARTBEAT_TAG:  # its jobs beat, not the parent
-                mlflow_client.set_tag(run_id, key, value)
-        for stale in (DEAD_TAG, "error"):
-            if stale in mlflow_client.get_run(run_id).data.tags:
-                mlflow_client.delete_tag(run_id, stale)
-        mlflow_client.update_run(run_id, status=RUNNING)
-    return run_id
+def _give_jobs_their_parent(config: DictConfig, run_id: str) -> None:
+    """The parent run's ID in every job's config (an override the launcher composes each job with, so it reaches
+    jobs on other machines as it is) and in the sweeper's."""
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.overrides.hydra.append(f"++hydra.job.env_set.{PARENT_ENV}={run_id}")
+        config.hydra.job.env_set[PARENT_ENV] = run_id
+
+
+def lock_sweep_dir(sweep_dir: Path) -> IO:
+    """The sweep's folder, held by this process until it exits: two sweeps in one folder would mix their jobs' logs
+    and results."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(sweep_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise ConfigError(f"hydra.sweep.dir={sweep_dir}: another sweep ({holder}) is running in this folder; give "
+                          "another one, or leave hydra.sweep.dir unset (its default is unique per sweep)") from None
+    lock.truncate(0)
+    lock.write(f"process {os.getpid()} on {socket.gethostname()}")
+    lock.flush()
+    return lock
 
 
 def summary(results: Sequence[JobResult], parent_run_id: str, status: str) -> str:

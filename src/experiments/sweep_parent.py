@@ -1,5 +1,6 @@
 """A sweep's parent run: the one way it is made, found by its jobs, described, summarized and ended."""
 
+import hashlib
 import json
 from urllib.parse import urlencode
 import sys
@@ -15,12 +16,16 @@ from src.core.interrupts import signals_blocked
 from src.core.metrics import LEGACY_TASK, data_loss
 from src.core.redaction import redact
 from src.core.runstates import FAILED, FINISHED, KILLED, PRUNED, RUNNING, SKIPPED
-from src.tracking.liveness import HEARTBEAT_TAG, process_tags
+from src.tracking.liveness import DEAD_TAG, HEARTBEAT_TAG, dead_reason, process_tags
 from src.tracking.provenance import flat_params, source_tags
 from src.tracking.run import ui_link
 from src.tracking.store import PARENT_TAG, SWEEP_OVERRIDES_TAG, SWEEP_TAG, client
 
 PARENT_RUN_FILE = "mlflow_parent_run.json"
+# the sweep's parent run ID, given to every job as `hydra.job.env_set.OVERFIT_SWEEP_PARENT`: decided once in the
+# launching process, it travels with each job's config to any machine (a folder is shared by concurrent sweeps)
+PARENT_ENV = "OVERFIT_SWEEP_PARENT"
+SWEEP_KEY_TAG = "sweep_key"  # what a sweep is, whatever its folder or launcher: found again by `resume=true`
 
 
 def create_parent_run(
@@ -54,15 +59,42 @@ def sweep_status(statuses: Sequence[str], completed: bool) -> str:
     return FAILED
 
 
+def sweep_key(overrides: Sequence[str]) -> str:
+    """What makes two commands the same sweep: their overrides but `resume` and Hydra's own (folder, launcher)."""
+    kept = sorted(o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/", "resume=")))
+    return hashlib.sha256(redact("\n".join(kept)).encode()).hexdigest()[:16]
+
+
+def resumable_parent(tracking_uri: str, exp_id: str, key: str) -> Optional[str]:
+    """The latest parent run of this sweep that no live process holds (it ended, or its process died), or None."""
+    runs = client(tracking_uri).search_runs(
+        [exp_id], filter_string=f"tags.{SWEEP_TAG} = 'true' and tags.{SWEEP_KEY_TAG} = '{key}'",
+        order_by=["attributes.start_time DESC"], max_results=20)
+    return next((r.info.run_id for r in runs if r.info.status != RUNNING or dead_reason(r) is not None), None)
+
+
+def reopen_parent_run(tracking_uri: str, run_id: str, tags: Optional[Dict[str, str]] = None) -> None:
+    """An ended parent run taken over by this process: RUNNING again, under this process's identity (so the dead-run
+    check judges this process, not the one that made it, long gone), what that process's end left behind removed."""
+    mlflow_client = client(tracking_uri)
+    for key, value in {**process_tags(), **(tags or {})}.items():
+        if key != HEARTBEAT_TAG:  # its jobs beat, not the parent
+            mlflow_client.set_tag(run_id, key, value)
+    for stale in (DEAD_TAG, "error"):
+        if stale in mlflow_client.get_run(run_id).data.tags:
+            mlflow_client.delete_tag(run_id, stale)
+    mlflow_client.update_run(run_id, status=RUNNING)
+
+
 def read_parent_run_id(sweep_dir: Path) -> Optional[str]:
     path = sweep_dir / PARENT_RUN_FILE
     return json.loads(path.read_text())["run_id"] if path.exists() else None
 
 
-def find_parent_run_id(sweep_dir: Path, tracking_uri: str, experiment_name: str) -> Optional[str]:
-    """A job's sweep parent: from the sweep's folder, or (a job on another machine, where that folder is not
-    shared) the RUNNING parent run tagged with the folder, through the tracking server."""
-    run_id = read_parent_run_id(sweep_dir)
+def find_parent_run_id(sweep_dir: Path, tracking_uri: str, experiment_name: str, env_set=None) -> Optional[str]:
+    """A job's sweep parent: the one its config names (`hydra.job.env_set`), else (a sweep of an older version) from
+    the sweep's folder or the RUNNING parent run tagged with the folder, through the tracking server."""
+    run_id = (env_set or {}).get(PARENT_ENV) or read_parent_run_id(sweep_dir)
     if run_id is not None:
         return run_id
     mlflow_client = client(tracking_uri)
@@ -77,8 +109,6 @@ def find_parent_run_id(sweep_dir: Path, tracking_uri: str, experiment_name: str)
 
 
 NOTE_TAG = "mlflow.note.content"  # the run's description in MLflow's UI
-
-
 
 
 def objective(task: str) -> str:

@@ -40,7 +40,7 @@ class OptunaSweeper(Sweeper):
         from src.core.runstates import FINISHED, PRUNED
         from src.experiments import search
         from src.experiments.study_summary import record_study
-        from src.experiments.sweep_parent import read_parent_run_id
+        from src.experiments.sweep_parent import PARENT_ENV
 
         settings, config = self.settings, self.config
         objective = search.check_settings(settings, config.task)
@@ -51,7 +51,7 @@ class OptunaSweeper(Sweeper):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(config, sweep_dir / "multirun.yaml")
-        parent_run_id = read_parent_run_id(sweep_dir)
+        parent_run_id = config.hydra.job.env_set.get(PARENT_ENV)  # the callback's, for this sweep only
         if parent_run_id and search.PARENT_ATTR not in study.user_attrs:
             study.set_user_attr(search.PARENT_ATTR, parent_run_id)
         print(f"optuna study {study_name!r}: {settings.n_trials} trials of {', '.join(space)}; "
