@@ -143,3 +143,11 @@ def test_keys_added_with_plus_must_be_schema_keys_or_the_targets_arguments(added
         key = added[1:].split("=")[0]
         with pytest.raises(ConfigError, match=rf"^{key.replace('.', '[.]')}: no such config key \("):
             validate(cfg)
+
+
+def test_a_config_pickled_to_a_launchers_job_process_keeps_its_schemas():
+    # submitit sends each job its config with cloudpickle: a schema class it cannot name travels by value, without
+    # its fields, and the job then refused the config's own keys (`reg.name: no such config key`)
+    import cloudpickle
+
+    validate(cloudpickle.loads(cloudpickle.dumps(compose_config(["reg=l2"]))))

@@ -110,6 +110,9 @@ class AdamWConfig(OptimizerConfig):
 RegConfig = make_dataclass(
     "RegConfig", [("name", str, MISSING), *((knob, float, field(default=0.0)) for knob in REGULARIZERS)]
 )
+# a class of this module, so a config pickled to a launcher's job process (submitit's cloudpickle) refers to it by
+# name: made in `types`, it travelled by value and arrived without its fields
+RegConfig.__module__ = __name__
 
 
 @dataclass
