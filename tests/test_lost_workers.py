@@ -138,3 +138,17 @@ def test_joblib_workers_of_a_sweep_killed_with_sigkill_stop_themselves_and_end_t
     assert _children_statuses(uri) == ["KILLED", "KILLED"]
     [parent] = [r for r in all_runs(uri) if r.data.tags.get("sweep") == "true"]
     assert dead_reason(parent) is not None  # the next command marks it FAILED (dead)
+
+
+@pytest.mark.slow
+def test_a_joblib_worker_runs_job_after_job_keeping_its_imports_and_compiled_graphs(tmp_path, higgs_file):
+    # a worker of its own per job *running at once*, not per job: a fresh process per job paid ~5 s of imports
+    # and traced every graph again
+    uri, proc = _sweep(tmp_path, higgs_file, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"], "0,1,2", 2)
+    _, stderr = proc.communicate(timeout=400)
+    assert proc.returncode == 0, stderr[-3000:]
+    children = [r for r in all_runs(uri) if r.data.tags.get("sweep") != "true"]
+    assert len(children) == 3 and len({r.data.tags["pid"] for r in children}) == 1
+    logs = [(tmp_path / "sweep" / str(job) / "train.log").read_text() for job in range(3)]
+    assert ["the compiled model an earlier job" in log for log in logs] == [False, True, True]
+    _no_process_left(proc)
