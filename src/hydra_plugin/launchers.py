@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 class JoblibLauncher(PluginJoblibLauncher):
-    """joblib's settings, each job in a loky worker of its own (at most `n_jobs` at once)."""
+    """joblib's settings, each job running at once in a loky worker of its own (at most `n_jobs`), which then runs the
+    next job (a dead one is replaced)."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from hydra_plugins.hydra_joblib_launcher._core import execute_job  # joblib's import: only when used
@@ -28,7 +29,7 @@ class JoblibLauncher(PluginJoblibLauncher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         n_jobs = pool_size(self.joblib.get("n_jobs"))
-        log.info(f"Joblib launching {len(job_overrides)} jobs, {n_jobs} at once, each in a worker of its own")
+        log.info(f"Joblib launching {len(job_overrides)} jobs, {n_jobs} at once, each in a worker of its own at a time")
         log.info(f"Launching jobs, sweep output dir : {sweep_dir}")
         for idx, overrides in enumerate(job_overrides):
             log.info(f"\t#{initial_job_idx + idx} : {' '.join(filter_overrides(overrides))}")
