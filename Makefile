@@ -17,6 +17,7 @@ install:  ## create .venv and install the project with its test tools
 	python3 -m venv .venv
 	.venv/bin/pip install --upgrade pip
 	.venv/bin/pip install -e '.[test]'
+	.venv/bin/python -c 'import matplotlib.font_manager'  # its font cache, once (~3 s), not in the first run's figures
 
 data:  ## ingest a HIGGS file (a path or a URL) into the cache training reads: make data SOURCE=<path or URL>
 	$(PY) -m src.data $(SOURCE) $(ARGS)
