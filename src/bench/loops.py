@@ -111,6 +111,9 @@ def measure_loop(label: str, cfg, warmup: int) -> Dict[str, Any]:
     measured, logged = epochs[warmup:], result.write_seconds[warmup:]
     median = statistics.median(measured)
     log_median = statistics.median(logged) if logged else float("nan")
+    copies, writes = result.checkpoint_seconds[warmup:], result.checkpoint_write_seconds[warmup:]
+    copy_median, write_median = (statistics.median(copies) if copies else 0.0), (statistics.median(writes) if writes
+                                                                                 else 0.0)  # none: not checkpointed
     return {
         "label": label,
         "loop": cfg.loop.name,
@@ -126,12 +129,11 @@ def measure_loop(label: str, cfg, warmup: int) -> Dict[str, Any]:
         "logging_share": log_median / median,
         # with train.checkpoint_every=1: the state copied after every epoch (in the loop) and written to the run's
         # artifacts (by a thread of its own, competing for the same cores): both count
-        "checkpoint_seconds": result.checkpoint_seconds[warmup:],
-        "checkpoint_write_seconds": result.checkpoint_write_seconds[warmup:],
-        "median_checkpoint_seconds": statistics.median(result.checkpoint_seconds[warmup:]),
-        "median_checkpoint_write_seconds": statistics.median(result.checkpoint_write_seconds[warmup:]),
-        "checkpoint_share": (statistics.median(result.checkpoint_seconds[warmup:])
-                             + statistics.median(result.checkpoint_write_seconds[warmup:])) / median,
+        "checkpoint_seconds": copies,
+        "checkpoint_write_seconds": writes,
+        "median_checkpoint_seconds": copy_median,
+        "median_checkpoint_write_seconds": write_median,
+        "checkpoint_share": (copy_median + write_median) / median,
         "cores_busy": cores_busy,
         "median_cores_busy": statistics.median(cores_busy) if cores_busy else None,
         "run_wall_seconds": wall,
