@@ -102,16 +102,18 @@ def build_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         add("sweep_over_bound", f"whole sweep / ({runs * sw['epochs']} epochs at the bound)", sw["wall_seconds"] / at_bound,
             f"{sw['wall_seconds'] / at_bound:.2f} (of {at_bound:.1f} s)")
         _job_rows(add, "sweep", sw)
-    if results.get("seeds"):
-        _job_rows(add, "seeds", results["seeds"])
-    if results.get("search"):
-        se = results["search"]
-        trials = len(se["jobs"])
-        fixed = (se["wall_seconds"] - se["sum_steady_epoch_seconds"]) / trials
-        add("search_fixed_per_trial_seconds", f"search: (wall - its epochs at their steady time) / {trials} trials",
-            fixed, f"{fixed:.2f} s (wall {se['wall_seconds']:.1f} s; with each first epoch as an epoch: "
-            f"{(se['wall_seconds'] - se['sum_epoch_seconds']) / trials:.2f} s)")
-        _job_rows(add, "search", se)
+    for suffix in ("", "_no_reuse"):  # the second: train.reuse_compiled=false, measured next to the first
+        if results.get(f"seeds{suffix}"):
+            _job_rows(add, f"seeds{suffix}", results[f"seeds{suffix}"])
+        if results.get(f"search{suffix}"):
+            se = results[f"search{suffix}"]
+            trials = len(se["jobs"])
+            fixed = (se["wall_seconds"] - se["sum_steady_epoch_seconds"]) / trials
+            add(f"search{suffix}_fixed_per_trial_seconds",
+                f"search{suffix}: (wall - its epochs at their steady time) / {trials} trials", fixed,
+                f"{fixed:.2f} s (wall {se['wall_seconds']:.1f} s; with each first epoch as an epoch: "
+                f"{(se['wall_seconds'] - se['sum_epoch_seconds']) / trials:.2f} s)")
+            _job_rows(add, f"search{suffix}", se)
     rss = results["peak_rss_mib"]
     add("peak_rss_mib", "peak RSS, bench process", rss["self"], f"{rss['self']:.0f} MiB")
     if rss.get("startup_child"):
@@ -172,7 +174,7 @@ def format_report(results: Dict[str, Any]) -> str:
         phases = ", ".join(f"{k} {v:.2f} s" for k, v in s["phases_since_start_seconds"].items())
         lines += ["", f"start to first step: {s['method']}; since start: {phases}, first epoch ends "
                   f"{s['start_to_first_epoch_end_seconds']:.2f} s"]
-    for name in ("sweep", "seeds", "search"):
+    for name in ("sweep", "seeds", "seeds_no_reuse", "search", "search_no_reuse"):
         if results.get(name):
             lines += _job_lines(name, results[name])
     load_end = results.get("load_average_end")

@@ -227,18 +227,21 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None] = print) -> D
             # the ideal sweep: start-up once, then every epoch at the bound
             sweep["startup_seconds"] = startup["start_to_first_step_seconds"] if startup else None
 
-        seeds = None
+        multiruns: Dict[str, Any] = {}  # each also with train.reuse_compiled=false, side by side: what reuse saves
+        jobs = []
         if args.seeds:
-            axes = (f"seed={','.join(str(seed) for seed in range(args.seeds))}",)
-            say(f"seed sweep: a fresh `python -m src.train -m {axes[0]} train.epochs={args.seeds_epochs}` ...")
-            seeds = measure_multirun("seeds", axes, overrides, tracking_uri, workdir, args.seeds_epochs)
-
-        search = None
+            jobs.append(("seeds", (f"seed={','.join(str(seed) for seed in range(args.seeds))}",), overrides,
+                         args.seeds_epochs))
         if args.search:
-            axes = (*SEARCH_AXES, f"hydra.sweeper.n_trials={args.search_trials}", f"model={args.search_model}")
-            say(f"search: a fresh `python -m src.train -m {' '.join(axes)} train.epochs={args.search_epochs}` ...")
-            search = measure_multirun("search", axes, [o for o in overrides if not o.startswith("model=")],
-                                      tracking_uri, workdir, args.search_epochs)
+            jobs.append(("search", (*SEARCH_AXES, f"hydra.sweeper.n_trials={args.search_trials}",
+                                    f"model={args.search_model}"),
+                         [o for o in overrides if not o.startswith("model=")], args.search_epochs))
+        for name, axes, job_overrides, epochs in jobs:
+            for suffix, extra in (("", []), ("_no_reuse", ["train.reuse_compiled=false"])):
+                say(f"{name}{suffix}: a fresh `python -m src.train -m {' '.join((*axes, *extra))} "
+                    f"train.epochs={epochs}` ...")
+                multiruns[name + suffix] = measure_multirun(name + suffix, axes, [*job_overrides, *extra],
+                                                            tracking_uri, workdir, epochs)
 
         results: Dict[str, Any] = {
             "machine": machine,
@@ -260,8 +263,7 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None] = print) -> D
             "profiles": profiles,
             "startup": startup,
             "sweep": sweep,
-            "seeds": seeds,
-            "search": search,
+            **multiruns,
             "peak_rss_mib": {
                 "self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,  # KiB on Linux
                 "startup_child": startup["peak_rss_mib"] if startup else None,
