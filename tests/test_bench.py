@@ -67,9 +67,17 @@ def test_bench_runs_and_writes_the_table_as_json(higgs_file, tmp_path, capsys):
     assert math.isclose(data["bound_seconds"], flops["epoch"] / mm["flop_per_s"])
 
     loops = data["loops"]
-    assert set(loops) == {"fit", "tape", "tape_eager"}
+    # the bare Keras loops, each beside the project's loop as configured (checkpoints every 10 epochs)
+    assert set(loops) == {"fit", "tape", "tape_eager", "bare_fit", "fit_default", "bare_tape", "tape_default"}
     assert loops["tape_eager"]["compile"] is False and loops["tape"]["compile"] is True
+    best_bare = min(loops["bare_fit"]["median_epoch_seconds"], loops["bare_tape"]["median_epoch_seconds"])
+    for label in ("fit", "tape"):
+        assert len(loops[f"bare_{label}"]["epoch_seconds"]) == 3 and loops[f"{label}_default"]["loop"] == label
+        assert math.isclose(data["ratios"][f"{label}_over_best_bare"],
+                            loops[f"{label}_default"]["median_epoch_seconds"] / best_bare)
     for label, loop in loops.items():
+        if label.startswith("bare_"):
+            continue
         n_epochs = 1 if label == "tape_eager" else 3
         assert len(loop["epoch_seconds"]) == n_epochs and len(loop["log_epoch_seconds"]) == n_epochs, label
         # CPU time per epoch comes from the marks at the end of consecutive epochs: the

@@ -98,7 +98,7 @@ def find_parent_run_id(sweep_dir: Path, tracking_uri: str, experiment_name: str,
     if run_id is not None:
         return run_id
     mlflow_client = client(tracking_uri)
-    experiment = mlflow_client.get_experiment_by_name(experiment_name)
+    experiment = mlflow_client.get_experiment_by_name(redact(experiment_name))  # as the store holds it: masked
     if experiment is None:
         return None
     runs = mlflow_client.search_runs(
