@@ -215,7 +215,7 @@ def test_a_ray_sweep_runs_each_job_in_a_fresh_worker_under_one_parent_and_report
     # at learning rate 1e30 two jobs diverge in their first epoch, as they would with any launcher
     assert proc.returncode == 1, proc.stderr[-3000:]
     [parent], children = split_runs(mlflow_server.url)
-    assert parent.info.status == "FAILED" and len(children) == 4
+    assert parent.info.status == "FAILED" and len(children) == 4, proc.stderr[-3000:]
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
     status = sorted((r.data.params["train.learning_rate"], r.info.status) for r in children)
     assert status == [("0.001", "FINISHED")] * 2 + [("1e+30", "FAILED")] * 2, status

@@ -161,7 +161,7 @@ class _SweepParent:
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps({"run_id": run_id, "tracking_uri": redact(uri)}))
         _give_jobs_their_parent(config, run_id)
         parent = cls(uri, run_id, sweep_dir, config.mlflow.ui_url, search=is_search(hydra_cfg), lock=lock,
-                     register_as=config.mlflow.experiment_name if config.mlflow.register_best else None)
+                     register_as=redact(config.mlflow.experiment_name) if config.mlflow.register_best else None)
         atexit.register(parent.finish, completed=False)  # on_multirun_end is skipped when a job fails
         print(f"sweep parent run {run_id}", file=sys.stderr)
         return parent

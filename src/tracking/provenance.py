@@ -48,7 +48,7 @@ OPTION_TAGS = ("loop", "reg", "model", "data")  # the config groups whose option
 def option_tags(cfg: DictConfig) -> Dict[str, str]:
     """The run's loop, regularizer, model and data options and its task as tags: the UI filters runs by tags
     (`tags.reg = 'l2'`), and a param's column cannot be told apart from the other hundred at a glance."""
-    tags = {group: str(cfg[group].name) for group in OPTION_TAGS}
+    tags = {group: redact(str(cfg[group].name)) for group in OPTION_TAGS}  # a name may be an interpolated secret
     tags["task"] = str(getattr(cfg.task, "value", cfg.task))
     return tags
 
