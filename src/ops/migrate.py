@@ -27,7 +27,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 from src.core.errors import TrackingError, UserError, first_line
 from src.core.interrupts import handle_interrupts, signals_blocked
 from src.core.redaction import redact
-from src.tracking.models import NOTE_TAG
+from src.tracking.models import NOTE_TAG, every_page
 from src.tracking.store import (PARENT_TAG, artifact_folder, default_tracking_uri, ensure_store, experiment_id,
                                 open_store, store_identity)
 
@@ -41,17 +41,6 @@ EVERY_RUN = {"max_results": 1000, "order_by": ["attributes.start_time ASC"]}  # 
 
 class MigrationError(UserError):
     """A run could not be copied; the partial copy was removed."""
-
-
-def _all(search, experiment_id: str, **options) -> list:
-    """What `search([experiment_id], ...)` finds (runs, logged models), through as many pages as there are."""
-    found, token = [], None
-    while True:
-        page = search([experiment_id], page_token=token, **options)
-        found.extend(page)
-        token = page.token
-        if not token:
-            return found
 
 
 def _point_mlmodel_at(mlmodel: Path, model, copy, run_id: str) -> None:
@@ -221,7 +210,7 @@ def migrate(source_uri: str, destination_uri: str, experiments: Sequence[str] = 
             destination_uri, experiment.name, artifact_folder(destination_uri))  # beside its store, never ./mlruns
         done = {}
         present = set()  # the destination's runs: a source run copied from one of them is going home, not copied
-        for copy in _all(destination.search_runs, target_id, **EVERY_RUN):
+        for copy in every_page(destination.search_runs, target_id, **EVERY_RUN):
             present.add(copy.info.run_id)
             if MIGRATED_FROM_TAG in copy.data.tags:
                 done[copy.data.tags[MIGRATED_FROM_TAG]] = copy.info.run_id
@@ -229,7 +218,7 @@ def migrate(source_uri: str, destination_uri: str, experiments: Sequence[str] = 
                 destination.delete_run(copy.info.run_id)
         finished = set(done.values())
         models_done = set()  # the source's logged models with a finished copy on a finished run copy
-        for copy in _all(destination.search_logged_models, target_id):
+        for copy in every_page(destination.search_logged_models, target_id):
             if MIGRATING_FROM_TAG not in copy.tags:
                 continue  # not a copy
             if MIGRATED_FROM_TAG in copy.tags and copy.source_run_id in finished:
@@ -237,11 +226,11 @@ def migrate(source_uri: str, destination_uri: str, experiments: Sequence[str] = 
             else:  # half-made, or its run's copy was deleted as half-made
                 destination.delete_logged_model(copy.model_id)
         models_of: Dict[str, list] = {}
-        every_model = _all(source.search_logged_models, experiment.experiment_id)
+        every_model = every_page(source.search_logged_models, experiment.experiment_id)
         for model in sorted(every_model, key=lambda m: m.creation_timestamp):
             if model.source_run_id and model.model_id not in models_done:
                 models_of.setdefault(model.source_run_id, []).append(model)
-        runs = [r for r in _all(source.search_runs, experiment.experiment_id, **EVERY_RUN)
+        runs = [r for r in every_page(source.search_runs, experiment.experiment_id, **EVERY_RUN)
                 if r.info.status != RunStatus.to_string(RunStatus.RUNNING)]  # still being written: next time
         runs.sort(key=lambda r: PARENT_TAG in r.data.tags)  # parents before their children (stable: by time)
         for run in runs:

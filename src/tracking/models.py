@@ -27,17 +27,21 @@ def model_note(run_name: str, run_id: str, experiment_id: str, role: str, weight
             f"`python -m src.evaluate {run_id} --model {role}`.")
 
 
-def run_models(client, run_id: str) -> list:
-    """Every logged model of the run, oldest first."""
-    experiment_id = client.get_run(run_id).info.experiment_id
+def every_page(search, experiment_id: str, **options) -> list:
+    """What `search([experiment_id], ...)` finds (runs, logged models), through as many pages as there are."""
     found, token = [], None
     while True:
-        page = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'",
-                                           page_token=token)
+        page = search([experiment_id], page_token=token, **options)
         found.extend(page)
         token = page.token
         if not token:
-            break
+            return found
+
+
+def run_models(client, run_id: str) -> list:
+    """Every logged model of the run, oldest first."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    found = every_page(client.search_logged_models, experiment_id, filter_string=f"source_run_id = '{run_id}'")
     return sorted((m for m in found if m.source_run_id == run_id), key=lambda m: m.creation_timestamp)
 
 
